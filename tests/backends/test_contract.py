@@ -1,0 +1,145 @@
+"""The backend contract, run against every backend with the real sample model in its forms.
+
+GGUF -> llama.cpp, Transformers folder -> transformers, GPTQ folder -> gptq, and the
+AutoGPTQ-era layout of the same GPTQ weights -> gptq. Each goes through the real
+service and worker process, as the UI and CLI do.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from tests.conftest import CAPITAL_QUESTION
+from workbench.errors import WorkerDied
+from workbench.options import GenerationRequest, GenParams, LoadOptions
+from workbench.paths import Paths
+from workbench.services.model_service import ModelService
+
+FORMS = {
+    "gguf": ("sample_gguf", "llama.cpp"),
+    "transformers": ("sample_transformers", "transformers"),
+    "gptq": ("sample_gptq", "gptq"),
+}
+STORY = [{"role": "user", "content": "Write a long story about a dragon who learns to fly."}]
+
+
+@pytest.fixture(scope="module", params=list(FORMS))
+def loaded(request, tmp_path_factory):
+    fixture_name, backend = FORMS[request.param]
+    path = request.getfixturevalue(fixture_name)
+    root = tmp_path_factory.mktemp(f"root-{request.param}")
+    service = ModelService(Paths(str(root)))
+    info = service.load(path, options=LoadOptions(n_ctx=2048))
+    yield service, info, path, backend
+    service.close()
+
+
+def ask(service, messages, **params) -> dict:
+    return service.complete(GenerationRequest(messages=messages, params=GenParams(**params)))
+
+
+def test_load_reports_backend_and_context(loaded):
+    service, info, path, backend = loaded
+    assert info["backend"] == backend
+    assert info["n_ctx"] == 2048
+    assert info["memory"]["rss_bytes"] > 50 * 2**20  # the worker really holds weights
+    assert service.status()["loaded"] is True
+
+
+def test_greedy_answer_names_paris(loaded):
+    service, *_ = loaded
+    result = ask(service, CAPITAL_QUESTION, temperature=0, max_tokens=24)
+    assert "Paris" in result["text"]
+    assert result["finish_reason"] == "stop"
+    assert result["prompt_tokens"] > 10
+
+
+def test_tokens_stream_one_by_one(loaded):
+    service, *_ = loaded
+    events = list(service.generate(GenerationRequest(messages=STORY, params=GenParams(temperature=0, max_tokens=12))))
+    tokens = [v for k, v in events if k == "token"]
+    assert events[-1][0] == "done"
+    assert len(tokens) >= 10
+    assert events[-1][1]["completion_tokens"] == 12
+    assert "".join(tokens).strip()
+
+
+def test_stop_string_ends_reply_before_it(loaded):
+    service, *_ = loaded
+    result = ask(service, CAPITAL_QUESTION, temperature=0, max_tokens=24, stop=["Paris"])
+    assert "Paris" not in result["text"]
+    assert result["text"].strip()  # what came before the stop string is kept
+    assert result["finish_reason"] == "stop"
+
+
+def test_max_tokens_is_respected(loaded):
+    service, *_ = loaded
+    result = ask(service, STORY, temperature=0, max_tokens=5)
+    assert result["completion_tokens"] == 5
+    assert result["finish_reason"] == "length"
+
+
+def test_same_seed_gives_same_text_and_greedy_is_repeatable(loaded):
+    service, *_ = loaded
+    a = ask(service, STORY, temperature=0.9, seed=1234, max_tokens=16)
+    b = ask(service, STORY, temperature=0.9, seed=1234, max_tokens=16)
+    assert a["text"] == b["text"]
+    g1 = ask(service, STORY, temperature=0, max_tokens=16)
+    g2 = ask(service, STORY, temperature=0, max_tokens=16)
+    assert g1["text"] == g2["text"]
+
+
+def test_cancel_stops_at_next_token(loaded):
+    service, *_ = loaded
+    seen = 0
+    done = None
+    for kind, value in service.generate(GenerationRequest(messages=STORY, params=GenParams(max_tokens=400))):
+        if kind == "token":
+            seen += 1
+            if seen == 3:
+                service.cancel()
+        else:
+            done = value
+    assert done["finish_reason"] == "cancelled"
+    assert done["completion_tokens"] <= 5
+    # the worker is still usable afterwards
+    assert ask(service, CAPITAL_QUESTION, temperature=0, max_tokens=4)["completion_tokens"] >= 1
+
+
+def test_killed_worker_gives_clear_error_and_reload_works(loaded):
+    service, info, path, _ = loaded
+    os.kill(service.worker_pid(), signal.SIGKILL)
+    time.sleep(0.2)
+    with pytest.raises(WorkerDied, match="load the model again"):
+        ask(service, CAPITAL_QUESTION, temperature=0, max_tokens=4)
+    assert service.status()["loaded"] is False
+    service.load(path, options=LoadOptions(n_ctx=2048))
+    assert "Paris" in ask(service, CAPITAL_QUESTION, temperature=0, max_tokens=24)["text"]
+
+
+def test_unload_ends_the_worker_process(loaded):
+    service, info, path, _ = loaded
+    pid = service.worker_pid()
+    assert psutil.pid_exists(pid)
+    service.unload()
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert service.status() == {"loaded": False}
+    service.load(path, options=LoadOptions(n_ctx=2048))  # leave it loaded for the fixture's teardown
+
+
+def test_autogptq_layout_loads_without_renaming(sample_autogptq, tmp_path):
+    names = os.listdir(sample_autogptq)
+    assert "gptq_model-4bit-128g.safetensors" in names and "model.safetensors" not in names
+    service = ModelService(Paths(str(tmp_path)))
+    try:
+        info = service.load(sample_autogptq, options=LoadOptions(n_ctx=1024))
+        assert info["backend"] == "gptq"
+        assert "quantize_config.json" in info["detection"]["evidence"]
+        assert "Paris" in ask(service, CAPITAL_QUESTION, temperature=0, max_tokens=24)["text"]
+    finally:
+        service.close()

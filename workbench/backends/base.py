@@ -1,0 +1,89 @@
+"""The one seam every engine implements, and the events a generation yields.
+
+A backend lives inside a worker process (`workbench/worker.py`); it is never
+imported by the UI process. It owns one loaded model. It does not own timing,
+memory measurement or the pipe: the worker adds those around it.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator
+
+from ..detect import Detection
+from ..options import GenerationRequest, LoadOptions
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    can_stream: bool = True
+    can_train: bool = False
+    supports_n_gpu_layers: bool = False
+    supports_memory_caps: bool = False
+
+
+@dataclass
+class ModelInfo:
+    """What a backend reports after loading."""
+
+    backend: str
+    path: str
+    format: str
+    n_ctx: int
+    device: str                # "cpu", "cuda", or "cuda+cpu" for a split
+    dtype: str                 # weights' dtype or quantization
+    n_threads: int
+    chat_template: bool        # the model has its own chat template
+    details: dict              # engine-specific facts (n_gpu_layers, device map, ...)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    text: str                  # decoded text of this token ("" while a UTF-8 sequence is incomplete)
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    finish_reason: str         # "stop" (EOS or stop string), "length", or "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0     # prompt tokens reused from the previous request's KV cache
+
+
+def physical_cores() -> int:
+    """Physical CPU cores (threads beyond these slow token generation down)."""
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1
+
+
+class Backend(ABC):
+    """One engine holding one model."""
+
+    name: str = ""
+    capabilities = Capabilities()
+
+    @abstractmethod
+    def load(self, detection: Detection, options: LoadOptions) -> ModelInfo:
+        """Load the detected model; raise WorkbenchError with an actionable message on failure."""
+
+    @abstractmethod
+    def generate(
+        self, request: GenerationRequest, cancelled: Callable[[], bool]
+    ) -> Iterator[TokenEvent | DoneEvent]:
+        """Yield a TokenEvent per token, then exactly one DoneEvent; check `cancelled()` every token."""
+
+    @abstractmethod
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text` as this model sees it (no special tokens added)."""
+
+    def unload(self) -> None:
+        """Drop the model (the worker process ends right after, returning its memory)."""

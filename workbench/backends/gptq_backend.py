@@ -1,0 +1,50 @@
+"""GPTQ backend: 4/8-bit GPTQ folders through GPTQModel's kernels.
+
+Loading goes through `GPTQModel.load`, which picks a kernel for the device (the
+torch kernel on CPU, Marlin/Exllama on CUDA) and also reads AutoGPTQ-era folders
+(`quantize_config.json`, `gptq_model-4bit-128g.safetensors`) without renaming.
+Generation is the Transformers backend's decode loop over the loaded model.
+AutoGPTQ itself is not used: it is unmaintained and does not import with transformers 5.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..detect import Detection
+from ..options import LoadOptions
+from .base import Capabilities
+from .transformers_backend import TransformersBackend, resolve_dtype
+
+
+class GPTQBackend(TransformersBackend):
+    name = "gptq"
+    capabilities = Capabilities(can_stream=True, can_train=False, supports_n_gpu_layers=False, supports_memory_caps=True)
+
+    def load_model(self, detection: Detection, options: LoadOptions, device: str):
+        os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
+        import torch
+
+        if device == "cpu":
+            # GPTQModel wraps its torch kernel in torch.compile, which recompiles on every
+            # new prompt shape and made the first reply take ~20 s on CPU; eager is faster.
+            torch._dynamo.config.disable = True
+        from gptqmodel import BACKEND, GPTQModel
+
+        kwargs = self.placement_kwargs(options, device)
+        if "device_map" not in kwargs:
+            kwargs["device"] = device
+        # The torch kernel is the one that runs everywhere; on CUDA let GPTQModel pick a faster one.
+        backend = BACKEND.TORCH if device == "cpu" else BACKEND.AUTO
+        qmodel = GPTQModel.load(
+            detection.path,
+            backend=backend,
+            dtype=resolve_dtype(options.dtype, device),
+            trust_remote_code=False,
+            **kwargs,
+        )
+        self._quant = detection.quantization
+        return qmodel.model, qmodel.tokenizer
+
+    def describe_dtype(self) -> str:
+        return self._quant or "gptq"

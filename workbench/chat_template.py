@@ -1,0 +1,91 @@
+"""Renders chat messages into a prompt with a model's Jinja chat template, sandboxed.
+
+Templates come from model files (GGUF metadata, tokenizer_config.json), which are
+untrusted: they render in Jinja's ImmutableSandboxedEnvironment, so a template that
+reaches for Python internals gets a clear error instead of running code. Models
+without a template fall back to ChatML. Tokenizing the result is the backend's job.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from functools import lru_cache
+
+from .errors import WorkbenchError
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+# A rendered prompt longer than this is a runaway template, not a conversation.
+MAX_RENDERED_CHARS = 20_000_000
+VALID_ROLES = ("system", "user", "assistant", "tool")
+
+
+class TemplateError(WorkbenchError):
+    """A chat template failed to render or tried something the sandbox forbids."""
+
+
+def _raise_exception(message):
+    raise TemplateError(f"The chat template refused the conversation: {message}")
+
+
+@lru_cache(maxsize=8)
+def _compile(source: str):
+    from jinja2 import TemplateSyntaxError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = lambda value, indent=None, **_: json.dumps(value, indent=indent, ensure_ascii=False)
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    try:
+        return env.from_string(source)
+    except TemplateSyntaxError as e:
+        raise TemplateError(f"The model's chat template has a syntax error (line {e.lineno}: {e.message}).") from e
+
+
+def check_messages(messages: list[dict]) -> list[dict]:
+    """Validate chat messages; return them as plain {'role', 'content'} dicts."""
+    if not isinstance(messages, list) or not messages:
+        raise WorkbenchError("A chat needs at least one message.")
+    clean = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in VALID_ROLES or not isinstance(m.get("content"), str):
+            raise WorkbenchError(
+                f"Message {i + 1} must have a role ({', '.join(VALID_ROLES)}) and text content."
+            )
+        clean.append({"role": m["role"], "content": m["content"]})
+    return clean
+
+
+def render_chat(
+    messages: list[dict],
+    template: str | None,
+    bos_token: str = "",
+    eos_token: str = "",
+    add_generation_prompt: bool = True,
+) -> str:
+    """Render `messages` with `template` (ChatML when None) in the sandbox."""
+    from jinja2.exceptions import SecurityError, TemplateError as JinjaTemplateError
+
+    compiled = _compile(template or CHATML_TEMPLATE)
+    try:
+        text = compiled.render(
+            messages=check_messages(messages),
+            add_generation_prompt=add_generation_prompt,
+            bos_token=bos_token,
+            eos_token=eos_token,
+        )
+    except SecurityError as e:
+        raise TemplateError(f"The chat template tried an unsafe operation and was stopped ({e}); use another template.") from e
+    except TemplateError:
+        raise
+    except (JinjaTemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError) as e:
+        raise TemplateError(f"The model's chat template failed to render ({type(e).__name__}: {e}).") from e
+    if len(text) > MAX_RENDERED_CHARS:
+        raise TemplateError("The chat template produced a runaway prompt; use another template.")
+    return text

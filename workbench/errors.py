@@ -1,0 +1,45 @@
+"""The error types every service raises.
+
+Each message is one sentence a user can act on: what is wrong and what to do.
+The UI turns them into `gr.Error`, the CLI into one line on stderr and exit 2.
+"""
+
+
+class WorkbenchError(Exception):
+    """Base class: a problem the user can fix; the message says how."""
+
+
+class DetectionError(WorkbenchError):
+    """A path is not a model the workbench can read (missing, corrupt, unknown format)."""
+
+
+class PickleRefused(DetectionError):
+    """A model ships only pickle weights and the user has not opted in."""
+
+
+class PathOutsideModels(WorkbenchError):
+    """A name from a client resolves outside the folder it must stay in."""
+
+
+class BackendUnavailable(WorkbenchError):
+    """The engine for a format is not installed or cannot handle this model."""
+
+
+class LoadError(WorkbenchError):
+    """The engine failed to load a model that detection accepted."""
+
+
+class NoModelLoaded(WorkbenchError):
+    """A generation was asked for while no model is loaded."""
+
+
+class WorkerDied(WorkbenchError):
+    """The model's worker process ended unexpectedly."""
+
+
+class GenerationError(WorkbenchError):
+    """The engine failed while generating."""
+
+
+class ConversionError(WorkbenchError):
+    """Converting a model from one format to another failed."""

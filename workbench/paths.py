@@ -1,0 +1,53 @@
+"""Where the workbench keeps things on disk, and safe resolution of client-given names.
+
+A name that comes from a browser or an API client (a model, preset, conversation)
+must resolve inside its own folder: no absolute paths, no `..`, and no symlink that
+leads out. Paths typed on the local command line are the user's own and are trusted.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .errors import PathOutsideModels
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: str  # the workbench checkout (holds models/, presets/, user_data/)
+
+    @property
+    def models(self) -> str:
+        return os.path.join(self.root, "models")
+
+    @property
+    def presets(self) -> str:
+        return os.path.join(self.root, "presets")
+
+    @property
+    def user_data(self) -> str:
+        return os.path.join(self.root, "user_data")
+
+    @property
+    def offload(self) -> str:
+        return os.path.join(self.user_data, "offload")
+
+    @classmethod
+    def default(cls) -> "Paths":
+        return cls(os.environ.get("WORKBENCH_ROOT") or os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def resolve_inside(folder: str, name: str, what: str = "model") -> str:
+    """Absolute path of `name` inside `folder`; raise PathOutsideModels if it would leave it."""
+    if not isinstance(name, str) or not name.strip():
+        raise PathOutsideModels(f"No {what} name was given; pick one from the list.")
+    if os.path.isabs(name) or "\\" in name or "\x00" in name or any(p == ".." for p in name.split("/")):
+        raise PathOutsideModels(
+            f"{what.capitalize()} names must be names inside {os.path.basename(folder)}/, not paths; pick one from the list."
+        )
+    root = os.path.realpath(folder)
+    resolved = os.path.realpath(os.path.join(root, name))
+    if os.path.commonpath([root, resolved]) != root:
+        raise PathOutsideModels(f"{what.capitalize()} {name!r} leads outside {os.path.basename(folder)}/; refused.")
+    return resolved

@@ -1,0 +1,164 @@
+"""ModelService: the loaded model, behind one API for the UI, the HTTP API and the CLI.
+
+Owns: listing `models/`, choosing a backend (registry), the worker process that holds
+the model, loading, unloading, streaming generation and cancel. Takes and returns plain
+values; raises WorkbenchError subclasses. It holds no weights itself.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Iterator
+
+from ..backends import registry
+from ..detect import Detection, detect
+from ..errors import NoModelLoaded, WorkbenchError, WorkerDied
+from ..options import GenerationRequest, LoadOptions
+from ..paths import Paths, resolve_inside
+from ..worker import ModelWorker
+
+
+def describe(detection: Detection) -> dict:
+    """A model-list row: what detection found plus the backend that would load it."""
+    row = detection.to_dict()
+    row["name"] = os.path.basename(detection.path)
+    row["backend"] = registry.default_backend(detection.format)
+    return row
+
+
+class ModelService:
+    def __init__(self, paths: Paths):
+        self.paths = paths
+        self._worker: ModelWorker | None = None
+        self._info: dict | None = None
+        self._lock = threading.Lock()  # load/unload one at a time
+
+    # --- discovery -----------------------------------------------------------------
+    def list_models(self) -> list[dict]:
+        """Every entry in models/: a detection row, or {"name", "error"} for what cannot be read."""
+        rows = []
+        folder = self.paths.models
+        if not os.path.isdir(folder):
+            return rows
+        for name in sorted(os.listdir(folder)):
+            if name.startswith(".") or name.lower() in ("readme.md", "readme.txt"):
+                continue
+            try:
+                row = describe(detect(os.path.join(folder, name)))
+                row["name"] = name
+            except WorkbenchError as e:
+                row = {"name": name, "error": str(e)}
+            rows.append(row)
+        return rows
+
+    def resolve_name(self, name: str) -> str:
+        """Path of a model named by a client (browser, API): must stay inside models/."""
+        path = resolve_inside(self.paths.models, name, "model")
+        if not os.path.exists(path):
+            raise WorkbenchError(f"There is no model {name!r} in models/; pick one from the list.")
+        return path
+
+    # --- lifecycle -----------------------------------------------------------------
+    def load(self, path: str, loader: str | None = None, options: LoadOptions | None = None) -> dict:
+        """Detect, pick the backend, start a worker and load; the previous model is unloaded first."""
+        options = (options or LoadOptions()).validate()
+        if options.offload_folder is None:
+            options.offload_folder = self.paths.offload
+        detection = detect(path, trust_pickle=options.trust_pickle)
+        spec = registry.choose(detection, loader)
+        registry.check_installed(spec)
+        with self._lock:
+            self._stop_worker()
+            worker = ModelWorker()
+            try:
+                info = worker.load(spec.name, detection, options)
+            except BaseException:
+                worker.stop()
+                raise
+            info["name"] = os.path.basename(detection.path)
+            info["detection"] = detection.to_dict()
+            info["worker_pid"] = worker.pid
+            self._worker, self._info = worker, info
+            return dict(info)
+
+    def unload(self) -> None:
+        """End the worker process; all of the model's memory goes back to the system."""
+        with self._lock:
+            self._stop_worker()
+
+    def _stop_worker(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()
+        self._worker, self._info = None, None
+
+    def _require_worker(self) -> ModelWorker:
+        worker = self._worker
+        if worker is None:
+            raise NoModelLoaded("No model is loaded; load one in the Model tab (or pass --model).")
+        if not worker.alive():
+            self._forget_dead(worker)
+            raise WorkerDied("The model worker stopped unexpectedly; load the model again.")
+        return worker
+
+    def _forget_dead(self, worker: ModelWorker) -> None:
+        with self._lock:
+            if self._worker is worker:
+                worker.stop(timeout=1)
+                self._worker, self._info = None, None
+
+    # --- use -----------------------------------------------------------------------
+    def generate(self, request: GenerationRequest) -> Iterator[tuple[str, object]]:
+        """Stream ("token", text) events, then ("done", stats)."""
+        request.params.validate()
+        worker = self._require_worker()
+        try:
+            yield from worker.generate(request)
+        except WorkerDied:
+            self._forget_dead(worker)
+            raise
+
+    def complete(self, request: GenerationRequest) -> dict:
+        """Run a generation to the end; return {"text", **stats}."""
+        pieces, stats = [], {}
+        for kind, value in self.generate(request):
+            if kind == "token":
+                pieces.append(value)
+            else:
+                stats = value
+        return {"text": "".join(pieces), **stats}
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._require_worker().tokenize(text)
+
+    def cancel(self) -> None:
+        """Stop the running generation at its next token (no-op when idle)."""
+        if self._worker is not None:
+            self._worker.cancel()
+
+    def status(self) -> dict:
+        """The loaded model's info and the worker's live memory, or {"loaded": False}."""
+        worker, info = self._worker, self._info
+        if worker is None or info is None:
+            return {"loaded": False}
+        if not worker.alive():
+            self._forget_dead(worker)
+            return {"loaded": False, "error": "The model worker stopped unexpectedly; load the model again."}
+        status = {"loaded": True, **info}
+        try:
+            import psutil
+
+            status["worker_rss_bytes"] = psutil.Process(worker.pid).memory_info().rss
+        except Exception:  # the process may end between the two lines
+            pass
+        return status
+
+    def worker_memory(self) -> dict:
+        """Current and peak RSS of the worker, measured inside it."""
+        return self._require_worker().memory()
+
+    def worker_pid(self) -> int | None:
+        return self._worker.pid if self._worker is not None else None
+
+    def close(self) -> None:
+        self.unload()

@@ -1,0 +1,221 @@
+"""The model worker process: one loaded model per process, tokens streamed over a pipe.
+
+`ModelWorker` (used in the app process) spawns `_worker_main` (the child) and speaks a
+tiny message protocol with it. Why a process: a native crash in a model parser cannot
+kill the app, unloading returns every byte (the process ends), a generation can be
+cancelled, and the model's memory can be measured on its own.
+
+Messages, parent -> child: ("load", backend, detection, options), ("generate", request),
+("tokenize", text), ("memory",), ("shutdown",).
+Child -> parent: ("ok", value), ("progress", text), ("token", text), ("done", stats),
+("error", error_class_name, message).
+Cancel is a shared Event the child checks after every token, so it needs no pipe round trip.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+import time
+from typing import Iterator
+
+from . import errors
+from .backends.base import DoneEvent
+from .detect import Detection
+from .errors import WorkbenchError, WorkerDied
+from .options import GenerationRequest, LoadOptions
+
+_CTX = mp.get_context("spawn")
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _rss_bytes() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def _memory() -> dict:
+    return {"rss_bytes": _rss_bytes(), "peak_rss_bytes": _peak_rss_bytes()}
+
+
+def _error_message(e: BaseException) -> tuple[str, str]:
+    if isinstance(e, WorkbenchError):
+        return type(e).__name__, str(e)
+    return "GenerationError", f"The engine failed: {type(e).__name__}: {e}"
+
+
+def _worker_main(conn, cancel_event) -> None:
+    """Child process loop: serve requests until shutdown or the pipe closes."""
+    from .backends.registry import load_backend_class
+
+    backend = None
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            break
+        kind = msg[0]
+        try:
+            if kind == "shutdown":
+                break
+            if kind == "load":
+                _, backend_name, detection, options = msg
+                started = time.perf_counter()
+                backend = load_backend_class(backend_name)()
+                info = backend.load(Detection(**{**detection, "weight_files": tuple(detection["weight_files"])}),
+                                    LoadOptions.from_dict(options))
+                result = info.to_dict()
+                result["load_s"] = time.perf_counter() - started
+                result["memory"] = _memory()
+                conn.send(("ok", result))
+            elif kind == "generate":
+                cancel_event.clear()
+                request = GenerationRequest.from_dict(msg[1])
+                started = time.perf_counter()
+                first = None
+                for event in backend.generate(request, cancel_event.is_set):
+                    if isinstance(event, DoneEvent):
+                        now = time.perf_counter()
+                        decode_s = now - first if first is not None else 0.0
+                        conn.send(("done", {
+                            "finish_reason": event.finish_reason,
+                            "prompt_tokens": event.prompt_tokens,
+                            "completion_tokens": event.completion_tokens,
+                            "cached_tokens": event.cached_tokens,
+                            "ttft_s": (first - started) if first is not None else now - started,
+                            "total_s": now - started,
+                            # tokens after the first, over the time after the first
+                            "tokens_per_s": (event.completion_tokens - 1) / decode_s if decode_s > 0 else 0.0,
+                        }))
+                    else:
+                        if first is None:
+                            first = time.perf_counter()
+                        conn.send(("token", event.text))
+            elif kind == "tokenize":
+                conn.send(("ok", backend.tokenize(msg[1])))
+            elif kind == "memory":
+                conn.send(("ok", _memory()))
+            else:
+                conn.send(("error", "WorkbenchError", f"Unknown worker request {kind!r}."))
+        except BaseException as e:  # report, keep serving: the parent decides what to do
+            if isinstance(e, KeyboardInterrupt):
+                break
+            name, message = _error_message(e)
+            try:
+                conn.send(("error", name, message))
+            except (OSError, BrokenPipeError):
+                break
+    if backend is not None:
+        backend.unload()
+    conn.close()
+
+
+def _raise_from_worker(name: str, message: str):
+    cls = getattr(errors, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, WorkbenchError)):
+        cls = errors.GenerationError
+    raise cls(message)
+
+
+class ModelWorker:
+    """Parent-side handle on one worker process. Calls are serialized by a lock."""
+
+    def __init__(self):
+        self._conn, child_conn = _CTX.Pipe(duplex=True)
+        self._cancel = _CTX.Event()
+        self._process = _CTX.Process(target=_worker_main, args=(child_conn, self._cancel), daemon=True)
+        self._process.start()
+        child_conn.close()  # so a dead child shows up as EOF on our end
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    def alive(self) -> bool:
+        return self._process.is_alive()
+
+    def _recv(self):
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError, ConnectionResetError):
+            self._process.join(timeout=5)
+            code = self._process.exitcode
+            how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            raise WorkerDied(f"The model worker stopped unexpectedly ({how}); load the model again.") from None
+
+    def _send(self, msg) -> None:
+        try:
+            self._conn.send(msg)
+        except (OSError, BrokenPipeError):
+            raise WorkerDied("The model worker is not running; load the model again.") from None
+
+    def _call(self, msg):
+        with self._lock:
+            self._send(msg)
+            reply = self._recv()
+        if reply[0] == "error":
+            _raise_from_worker(reply[1], reply[2])
+        return reply[1]
+
+    def load(self, backend: str, detection: Detection, options: LoadOptions) -> dict:
+        d = detection.__dict__.copy()
+        d["weight_files"] = list(d["weight_files"])
+        return self._call(("load", backend, d, options.to_dict()))
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._call(("tokenize", text))
+
+    def memory(self) -> dict:
+        return self._call(("memory",))
+
+    def generate(self, request: GenerationRequest) -> Iterator[tuple[str, object]]:
+        """Yield ("token", text) per token, then ("done", stats). Raises WorkbenchError on failure."""
+        with self._lock:
+            self._send(("generate", request.to_dict()))
+            finished = False
+            try:
+                while True:
+                    reply = self._recv()
+                    if reply[0] == "token":
+                        yield reply
+                    elif reply[0] == "done":
+                        finished = True
+                        yield reply
+                        return
+                    else:
+                        finished = True
+                        _raise_from_worker(reply[1], reply[2])
+            finally:
+                if not finished and self.alive():
+                    # The consumer stopped early: cancel and drain so the pipe stays in step.
+                    self._cancel.set()
+                    while True:
+                        reply = self._recv()
+                        if reply[0] in ("done", "error"):
+                            break
+
+    def cancel(self) -> None:
+        """Stop the running generation at its next token."""
+        self._cancel.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the process (and free its memory); kill it if it does not exit in time."""
+        self._cancel.set()
+        if self._process.is_alive():
+            try:
+                self._conn.send(("shutdown",))
+            except (OSError, BrokenPipeError):
+                pass
+            self._process.join(timeout)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join(5)
+        self._conn.close()
+
