@@ -115,7 +115,7 @@ def cmd_generate(args, paths) -> int:
         request = GenerationRequest(prompt=args.prompt, params=params)
     service = ModelService(paths)
     try:
-        info = service.load(args.path, args.loader, load_options_from_args(args))
+        info = service.load(service.locate(args.path), args.loader, load_options_from_args(args))
         pieces, stats = [], {}
         for kind, value in service.generate(request):
             if kind == "token":

@@ -15,7 +15,8 @@ import tempfile
 from typing import Callable
 
 from .detect import GGUF, TRANSFORMERS, detect
-from .errors import ConversionError, WorkbenchError
+from .engine_logging import quiet_engines
+from .errors import ConversionError, WorkbenchError, brief
 
 Progress = Callable[[str], None]
 
@@ -63,6 +64,7 @@ def gguf_to_transformers(src: str, out: str, dtype: str = "bfloat16", progress: 
     if detection.format != GGUF:
         raise ConversionError(f"{src} is a {detection.format} model, not GGUF; --to transformers converts GGUF files.")
     tmp = _prepare_output(out)
+    quiet_engines()
     try:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -83,7 +85,7 @@ def gguf_to_transformers(src: str, out: str, dtype: str = "bfloat16", progress: 
         raise
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise ConversionError(f"Converting {os.path.basename(src)} to Transformers failed ({type(e).__name__}: {e}).") from e
+        raise ConversionError(f"Converting {os.path.basename(src)} to Transformers failed ({type(e).__name__}: {brief(e)}).") from e
     result = _finish(tmp, out)
     progress(f"Done: {result}")
     return result
@@ -125,6 +127,7 @@ def transformers_to_gptq(
     tmp = _prepare_output(out)
     # GPTQModel's CPU path fails on small machines unless its worker count is set.
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
+    quiet_engines()
     try:
         from gptqmodel import GPTQModel, QuantizeConfig
 
@@ -139,7 +142,7 @@ def transformers_to_gptq(
         raise
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise ConversionError(f"Quantizing {os.path.basename(src)} to GPTQ failed ({type(e).__name__}: {e}).") from e
+        raise ConversionError(f"Quantizing {os.path.basename(src)} to GPTQ failed ({type(e).__name__}: {brief(e)}).") from e
     result = _finish(tmp, out)
     progress(f"Done: {result}")
     return result

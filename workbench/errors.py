@@ -43,3 +43,10 @@ class GenerationError(WorkbenchError):
 
 class ConversionError(WorkbenchError):
     """Converting a model from one format to another failed."""
+
+
+def brief(e: BaseException, limit: int = 300) -> str:
+    """The first line of an engine's exception, capped: engines often raise whole paragraphs."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = lines[0] if lines else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -15,6 +15,7 @@ Cancel is a shared Event the child checks after every token, so it needs no pipe
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import threading
 import time
 from typing import Iterator
@@ -22,7 +23,7 @@ from typing import Iterator
 from . import errors
 from .backends.base import DoneEvent
 from .detect import Detection
-from .errors import WorkbenchError, WorkerDied
+from .errors import WorkbenchError, WorkerDied, brief
 from .options import GenerationRequest, LoadOptions
 
 _CTX = mp.get_context("spawn")
@@ -47,12 +48,30 @@ def _memory() -> dict:
 def _error_message(e: BaseException) -> tuple[str, str]:
     if isinstance(e, WorkbenchError):
         return type(e).__name__, str(e)
-    return "GenerationError", f"The engine failed: {type(e).__name__}: {e}"
+    return "GenerationError", f"The engine failed: {type(e).__name__}: {brief(e)}"
 
 
-def _worker_main(conn, cancel_event) -> None:
+def _redirect_output(log_path: str) -> None:
+    """Send the child's stdout/stderr (engine banners, native crash text) to its log file."""
+    import sys
+
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _worker_main(conn, cancel_event, log_path: str | None) -> None:
     """Child process loop: serve requests until shutdown or the pipe closes."""
     from .backends.registry import load_backend_class
+    from .engine_logging import quiet_engines
+
+    if log_path:
+        _redirect_output(log_path)
+    quiet_engines()
 
     backend = None
     while True:
@@ -126,10 +145,11 @@ def _raise_from_worker(name: str, message: str):
 class ModelWorker:
     """Parent-side handle on one worker process. Calls are serialized by a lock."""
 
-    def __init__(self):
+    def __init__(self, log_path: str | None = None):
+        self.log_path = log_path  # the child's stdout/stderr go here (None: inherit the parent's)
         self._conn, child_conn = _CTX.Pipe(duplex=True)
         self._cancel = _CTX.Event()
-        self._process = _CTX.Process(target=_worker_main, args=(child_conn, self._cancel), daemon=True)
+        self._process = _CTX.Process(target=_worker_main, args=(child_conn, self._cancel, log_path), daemon=True)
         self._process.start()
         child_conn.close()  # so a dead child shows up as EOF on our end
         self._lock = threading.Lock()
@@ -148,7 +168,8 @@ class ModelWorker:
             self._process.join(timeout=5)
             code = self._process.exitcode
             how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-            raise WorkerDied(f"The model worker stopped unexpectedly ({how}); load the model again.") from None
+            where = f" (its log: {self.log_path})" if self.log_path else ""
+            raise WorkerDied(f"The model worker stopped unexpectedly ({how}){where}; load the model again.") from None
 
     def _send(self, msg) -> None:
         try:

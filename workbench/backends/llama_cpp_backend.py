@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 from ..chat_template import render_chat
 from ..detect import Detection
-from ..errors import GenerationError, LoadError, WorkbenchError
+from ..errors import GenerationError, LoadError, WorkbenchError, brief
 from ..options import GenerationRequest, LoadOptions
 from ..stop_strings import StopMatcher
 from .base import Backend, Capabilities, DoneEvent, ModelInfo, TokenEvent, physical_cores
@@ -71,7 +71,7 @@ class LlamaCppBackend(Backend):
             )
         except (ValueError, RuntimeError, OSError) as e:
             raise LoadError(
-                f"llama.cpp could not load {os.path.basename(detection.path)} ({e}); the file may be damaged, "
+                f"llama.cpp could not load {os.path.basename(detection.path)} ({brief(e)}); the file may be damaged, "
                 "or the context may not fit in memory: lower the context size."
             ) from e
         self.template = detection.chat_template
@@ -156,7 +156,7 @@ class LlamaCppBackend(Backend):
                     reason = "cancelled"
                     break
         except RuntimeError as e:
-            raise GenerationError(f"llama.cpp failed while generating ({e}); try a shorter prompt or reload the model.") from e
+            raise GenerationError(f"llama.cpp failed while generating ({brief(e)}); try a shorter prompt or reload the model.") from e
         tail = stops.flush() + decoder.decode(b"", final=True) if not stops.stopped else ""
         if tail:
             yield TokenEvent(tail)

@@ -10,11 +10,12 @@ this and only loads differently.
 from __future__ import annotations
 
 import os
+import pickle
 from typing import Callable, Iterator
 
 from ..chat_template import render_chat
 from ..detect import GGUF, Detection
-from ..errors import GenerationError, LoadError, WorkbenchError
+from ..errors import GenerationError, LoadError, WorkbenchError, brief
 from ..options import GenerationRequest, LoadOptions
 from ..stop_strings import StopMatcher
 from .base import Backend, Capabilities, DoneEvent, ModelInfo, TokenEvent, physical_cores
@@ -138,8 +139,13 @@ class TransformersBackend(Backend):
             self.model, self.tokenizer = self.load_model(detection, options, self.device)
         except WorkbenchError:
             raise
-        except (OSError, ValueError, RuntimeError, KeyError, ImportError) as e:
-            raise LoadError(f"{self.name} could not load {os.path.basename(detection.path)} ({e}).") from e
+        except pickle.UnpicklingError as e:
+            raise LoadError(
+                f"{os.path.basename(detection.path)} has pickle weights that hold more than tensors, so the safe "
+                "weights_only loader refused them; get a safetensors version of this model."
+            ) from e
+        except (OSError, ValueError, RuntimeError, KeyError, ImportError, TypeError) as e:
+            raise LoadError(f"{self.name} could not load {os.path.basename(detection.path)} ({brief(e)}).") from e
         self.model.eval()
         self.template = getattr(self.tokenizer, "chat_template", None) or detection.chat_template
         limit = detection.context_length or options.n_ctx
@@ -255,7 +261,7 @@ class TransformersBackend(Backend):
                     feed = torch.tensor([[token]], dtype=torch.long, device=device)
         except RuntimeError as e:
             self._cache, self._cache_ids = None, []
-            raise GenerationError(f"{self.name} failed while generating ({e}); try a shorter prompt or reload.") from e
+            raise GenerationError(f"{self.name} failed while generating ({brief(e)}); try a shorter prompt or reload.") from e
         tail = stops.flush() if not stops.stopped else ""
         if tail:
             yield TokenEvent(tail)

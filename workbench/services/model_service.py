@@ -59,6 +59,13 @@ class ModelService:
             raise WorkbenchError(f"There is no model {name!r} in models/; pick one from the list.")
         return path
 
+    def locate(self, path_or_name: str) -> str:
+        """A path typed by the local user (CLI, --model): as given, or else a name in models/."""
+        if os.path.exists(path_or_name):
+            return path_or_name
+        in_models = os.path.join(self.paths.models, path_or_name)
+        return in_models if os.path.exists(in_models) else path_or_name
+
     # --- lifecycle -----------------------------------------------------------------
     def load(self, path: str, loader: str | None = None, options: LoadOptions | None = None) -> dict:
         """Detect, pick the backend, start a worker and load; the previous model is unloaded first."""
@@ -70,7 +77,7 @@ class ModelService:
         registry.check_installed(spec)
         with self._lock:
             self._stop_worker()
-            worker = ModelWorker()
+            worker = ModelWorker(log_path=os.path.join(self.paths.user_data, "logs", "worker.log"))
             try:
                 info = worker.load(spec.name, detection, options)
             except BaseException:

@@ -1,0 +1,125 @@
+"""Smoke tests of the launched app, driven through gradio_client like any API user.
+
+Each test starts `webui.py` as a real subprocess on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from gradio_client import Client
+
+from tests.conftest import ROOT, SAMPLE_NAME
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class App:
+    def __init__(self, *args: str, env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.proc = subprocess.Popen(
+            [sys.executable, "webui.py", "--port", str(self.port), *args], cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "WORKBENCH_ROOT": ROOT, **(env or {})},
+        )
+        self.output: list[str] = []
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line and self.proc.poll() is not None:
+                raise RuntimeError("webui.py exited:\n" + "".join(self.output))
+            self.output.append(line)
+            if "Running on local URL" in line:
+                return
+        raise RuntimeError("webui.py did not start:\n" + "".join(self.output))
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def app(sample_gguf):
+    app = App("--model", SAMPLE_NAME)
+    yield app
+    app.stop()
+
+
+CHAT_ARGS = ("You are a helpful assistant.", 0, 0.95, 40, 0.05, 1.0, 24, -1)
+
+
+def reply_text(chatbot: list[dict]) -> str:
+    content = chatbot[-1]["content"]
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content)
+    return content
+
+
+def test_chat_answers_with_the_loaded_model(app):
+    client = Client(app.url, verbose=False)
+    chatbot, _, stats, *_ = client.predict("What is the capital of France?", *CHAT_ARGS, api_name="/chat")
+    assert "Paris" in reply_text(chatbot)
+    assert "tok/s" in stats
+
+
+def test_model_names_from_the_browser_cannot_be_paths(app):
+    client = Client(app.url, verbose=False)
+    form = (2048, -2, 512, 0, "f16", False, True, False, "auto", "auto", 0, 0)
+    for bad in ("../webui.py", "/etc/passwd", "nonexistent.gguf"):
+        with pytest.raises(Exception, match="names inside models|no model|not in the list of choices"):
+            client.predict(bad, "auto", *form, api_name="/load_model")
+
+
+def test_unload_then_chat_says_no_model_then_reload(app):
+    client = Client(app.url, verbose=False)
+    status = client.predict(api_name="/unload_model")
+    assert "No model loaded" in status
+    with pytest.raises(Exception, match="No model is loaded"):
+        client.predict("Hello", *CHAT_ARGS, api_name="/chat")
+    form = (2048, -2, 512, 0, "f16", False, True, False, "auto", "auto", 0, 0)
+    status = client.predict(SAMPLE_NAME, "auto", *form, api_name="/load_model")
+    assert "llama.cpp" in status
+    chatbot, *_ = client.predict("What is the capital of France?", *CHAT_ARGS, api_name="/chat")
+    assert "Paris" in reply_text(chatbot)
+
+
+def test_listen_without_auth_makes_a_password_and_requires_it(sample_gguf):
+    app = App("--listen")
+    try:
+        printed = "".join(app.output)
+        match = re.search(r"user 'workbench', password '([^']+)'", printed)
+        assert match, printed
+        with pytest.raises(Exception):
+            Client(app.url, verbose=False)
+        client = Client(app.url, auth=("workbench", match.group(1)), verbose=False)
+        assert "No model loaded" in client.predict(api_name="/unload_model")
+    finally:
+        app.stop()
+
+
+def test_share_without_network_says_so_and_keeps_serving(sample_gguf):
+    # A closed loopback port stands in for the unreachable share server.
+    closed = free_port()
+    app = App("--share", "--auth", "me:secret", env={"WORKBENCH_SHARE_SERVER": f"127.0.0.1:{closed}"})
+    try:
+        notes = [line for line in app.output if "--share" in line]
+        assert len(notes) == 1 and "serving locally only" in notes[0]
+        client = Client(app.url, auth=("me", "secret"), verbose=False)
+        assert "No model loaded" in client.predict(api_name="/unload_model")
+    finally:
+        app.stop()

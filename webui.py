@@ -1,0 +1,105 @@
+"""Launch the Model Workbench UI: parse flags, build the services, launch Gradio.
+
+    python webui.py [--model NAME] [--listen | --host ADDR] [--port N] [--share] [--auth USER:PASS]
+
+--listen or --share without --auth makes a random password, prints it once and requires it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from workbench.cli import add_load_flags, load_options_from_args  # noqa: E402
+from workbench.errors import WorkbenchError  # noqa: E402
+from workbench.paths import Paths  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Model Workbench web UI")
+    p.add_argument("--model", help="model in models/ (or a path) to load at start")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--listen", action="store_true", help="bind 0.0.0.0 so other machines can connect (needs auth)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="make a public Gradio share link (needs auth)")
+    p.add_argument("--auth", metavar="USER:PASS", help="require this login")
+    add_load_flags(p)
+    return p.parse_args(argv)
+
+
+def resolve_auth(args) -> tuple[str, str] | None:
+    """The login to require: --auth, or a fresh random one when the app is exposed."""
+    if args.auth:
+        user, sep, password = args.auth.partition(":")
+        if not sep or not user or not password:
+            raise WorkbenchError("--auth must look like USER:PASS.")
+        return user, password
+    if args.listen or args.share or args.host not in ("127.0.0.1", "localhost", "::1"):
+        password = secrets.token_urlsafe(12)
+        print(f"[webui] The app is reachable from the network, so it needs a login: user 'workbench', password '{password}'",
+              flush=True)
+        return "workbench", password
+    return None
+
+
+def share_reachable(timeout: float = 3.0) -> bool:
+    """Whether Gradio's share-link server can be reached (it needs the internet)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from gradio.networking import GRADIO_API_SERVER
+
+    # WORKBENCH_SHARE_SERVER=host:port overrides the address (tests point it at a closed local port).
+    host, _, port = (os.environ.get("WORKBENCH_SHARE_SERVER") or f"{urlparse(GRADIO_API_SERVER).hostname}:443").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def main(argv=None) -> int:
+    from workbench.services.chat_service import ChatService
+    from workbench.services.model_service import ModelService
+    from workbench.ui.app import build_app
+
+    args = parse_args(argv)
+    try:
+        auth = resolve_auth(args)
+        options = load_options_from_args(args)
+    except WorkbenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    paths = Paths.default()
+    models = ModelService(paths)
+    if args.model:
+        path = models.locate(args.model)
+        print(f"[webui] loading {args.model}...", flush=True)
+        try:
+            info = models.load(path, args.loader, options)
+            print(f"[webui] loaded with {info['backend']} in {info['load_s']:.1f} s", flush=True)
+        except WorkbenchError as e:
+            print(f"[webui] could not load {args.model}: {e} (the UI starts without a model)", flush=True)
+    app = build_app(models, ChatService(models), options, args.loader)
+    host = "0.0.0.0" if args.listen else args.host
+    share = args.share
+    if share and not share_reachable():
+        print("[webui] --share needs the internet and Gradio's share server is unreachable; serving locally only.",
+              flush=True)
+        share = False
+    try:
+        app.queue(default_concurrency_limit=1).launch(
+            server_name=host, server_port=args.port, share=share, auth=auth, show_error=True,
+        )
+    finally:
+        models.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""Builds the Gradio app from the services: one tab module per tab, nothing else here."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ..options import LoadOptions
+from ..services.chat_service import ChatService
+from ..services.model_service import ModelService
+from .chat_tab import build_chat_tab
+from .model_tab import build_model_tab
+
+
+def build_app(models: ModelService, chat: ChatService, load_defaults: LoadOptions, loader: str = "auto") -> gr.Blocks:
+    with gr.Blocks(title="Model Workbench") as app:
+        gr.Markdown("## Model Workbench")
+        build_chat_tab(chat)
+        build_model_tab(models, load_defaults, loader)
+    return app
