@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import WorkbenchError
@@ -19,6 +20,7 @@ LOADERS = ("auto", "llama.cpp", "transformers", "gptq")
 def add_load_flags(parser: argparse.ArgumentParser) -> None:
     """Flags for every LoadOptions field (shared with webui.py)."""
     g = parser.add_argument_group("load options")
+    g.add_argument("--profile", help="hardware profile from presets/hardware/ (flags override it)")
     g.add_argument("--loader", choices=LOADERS, default="auto", help="backend to use (default: detected from the files)")
     g.add_argument("--n-ctx", type=int, help="context size in tokens")
     g.add_argument("--n-gpu-layers", type=int, help="llama.cpp layers on the GPU (-1 = all)")
@@ -36,8 +38,11 @@ def add_load_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--trust-pickle", action="store_true", help="allow pickle weights (loaded with weights_only)")
 
 
-def load_options_from_args(args: argparse.Namespace) -> LoadOptions:
+def load_options_from_args(args: argparse.Namespace, paths=None) -> LoadOptions:
+    """LoadOptions from --profile (if given) with the explicit flags on top."""
     opts = LoadOptions()
+    if getattr(args, "profile", None):
+        opts = profile_store(paths).get(args.profile).options()
     pairs = {
         "n_ctx": args.n_ctx, "n_gpu_layers": args.n_gpu_layers, "n_batch": args.n_batch,
         "n_threads": args.threads, "cache_type": args.cache_type, "dtype": args.dtype,
@@ -47,11 +52,19 @@ def load_options_from_args(args: argparse.Namespace) -> LoadOptions:
     for field_name, value in pairs.items():
         if value is not None:
             setattr(opts, field_name, value)
-    opts.use_mmap = not args.no_mmap
-    opts.use_mlock = args.mlock
-    opts.flash_attn = args.flash_attn
-    opts.trust_pickle = args.trust_pickle
+    for flag, field_name, value in (("no_mmap", "use_mmap", False), ("mlock", "use_mlock", True),
+                                    ("flash_attn", "flash_attn", True), ("trust_pickle", "trust_pickle", True)):
+        if getattr(args, flag):
+            setattr(opts, field_name, value)
     return opts.validate()
+
+
+def profile_store(paths=None):
+    from .paths import Paths
+    from .profiles import ProfileStore
+
+    paths = paths or Paths.default()
+    return ProfileStore(os.path.join(paths.presets, "hardware"), os.path.join(paths.user_data, "model_settings.json"))
 
 
 def _print_json(value) -> None:
@@ -115,7 +128,7 @@ def cmd_generate(args, paths) -> int:
         request = GenerationRequest(prompt=args.prompt, params=params)
     service = ModelService(paths)
     try:
-        info = service.load(service.locate(args.path), args.loader, load_options_from_args(args))
+        info = service.load(service.locate(args.path), args.loader, load_options_from_args(args, paths))
         pieces, stats = [], {}
         for kind, value in service.generate(request):
             if kind == "token":
@@ -146,6 +159,42 @@ def cmd_generate(args, paths) -> int:
         print(f"[{stats.get('completion_tokens')} tokens, {stats.get('tokens_per_s', 0):.1f} tok/s, "
               f"first token {stats.get('ttft_s', 0) * 1000:.0f} ms, {info.get('backend')}]", file=sys.stderr)
     return 0
+
+
+def format_plan(plan: dict) -> str:
+    """A plan as a small text table, one row per device."""
+    mib = 2**20
+    lines = [f"{plan['backend']}, context {plan['n_ctx']}"
+             + (f", n_gpu_layers {plan['n_gpu_layers']}" if plan.get("n_gpu_layers") is not None else "")]
+    lines.append(f"{'device':8} {'layers':>6} {'weights':>9} {'KV cache':>9} {'compute':>9} {'runtime':>9} "
+                 f"{'total':>9} {'cap':>9}")
+    for d in plan["devices"]:
+        cap = f"{d['cap'] / mib:.0f} MiB" if d["cap"] else "-"
+        lines.append(f"{d['device']:8} {d['layers']:>6} {d['weights'] / mib:>5.0f} MiB {d['kv_cache'] / mib:>5.0f} MiB "
+                     f"{d['compute'] / mib:>5.0f} MiB {d['runtime'] / mib:>5.0f} MiB {d['total'] / mib:>5.0f} MiB {cap:>9}")
+    lines += plan["notes"]
+    lines.append("fits" if plan["fits"] else "DOES NOT FIT: " + "; ".join(plan["problems"]))
+    return "\n".join(lines)
+
+
+def cmd_plan(args, paths) -> int:
+    from .plan import refusal
+    from .services.model_service import ModelService
+
+    service = ModelService(paths)
+    options = load_options_from_args(args, paths)
+    plan = service.plan(service.locate(args.path), args.loader, options)
+    warning = profile_store(paths).get(args.profile).warning(service.hardware()) if args.profile else None
+    if args.json:
+        out = plan.to_dict()
+        out["warning"] = warning
+        out["refusal"] = None if plan.fits else refusal(plan)
+        _print_json(out)
+    else:
+        print(format_plan(plan.to_dict()))
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+    return 0 if plan.fits else 1
 
 
 def cmd_convert(args, paths) -> int:
@@ -193,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print one JSON object with text and timings")
     add_load_flags(g)
     g.set_defaults(func=cmd_generate)
+
+    pl = sub.add_parser("plan", help="show the memory plan for loading PATH (exit 1 if it does not fit)")
+    pl.add_argument("path")
+    pl.add_argument("--json", action="store_true")
+    add_load_flags(pl)
+    pl.set_defaults(func=cmd_plan)
 
     c = sub.add_parser("convert", help="convert a model: GGUF -> transformers, transformers -> gptq")
     c.add_argument("src")

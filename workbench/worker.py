@@ -35,14 +35,13 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _rss_bytes() -> int:
+def _memory() -> dict:
+    """RSS now and at peak; `anon_bytes` leaves out file pages (mmapped weights the OS can drop)."""
     import psutil
 
-    return psutil.Process().memory_info().rss
-
-
-def _memory() -> dict:
-    return {"rss_bytes": _rss_bytes(), "peak_rss_bytes": _peak_rss_bytes()}
+    info = psutil.Process().memory_info()
+    return {"rss_bytes": info.rss, "peak_rss_bytes": _peak_rss_bytes(),
+            "anon_bytes": info.rss - getattr(info, "shared", 0)}
 
 
 def _error_message(e: BaseException) -> tuple[str, str]:

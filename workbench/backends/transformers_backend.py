@@ -86,6 +86,7 @@ class TransformersBackend(Backend):
         self.tokenizer = None
         self.template: str | None = None
         self.n_ctx = 0
+        self.n_batch = 512
         self.device = "cpu"
         self._cache = None
         self._cache_ids: list[int] = []
@@ -93,17 +94,22 @@ class TransformersBackend(Backend):
 
     # --- loading -------------------------------------------------------------------
     def placement_kwargs(self, options: LoadOptions, device: str) -> dict:
-        """accelerate placement arguments that keep the VRAM and RAM caps."""
+        """accelerate placement that keeps the VRAM and RAM caps (budgets come from the memory plan)."""
         if device == "cpu" and options.max_ram_gib is None:
             return {}
+        budget = options.weight_budget or {}
         max_memory = {}
         if device == "cuda":
             import torch
 
             for i in range(torch.cuda.device_count()):
-                if options.max_vram_gib is not None:
+                if str(i) in budget:
+                    max_memory[i] = int(budget[str(i)])
+                elif options.max_vram_gib is not None:
                     max_memory[i] = f"{options.max_vram_gib}GiB"
-        if options.max_ram_gib is not None:
+        if "cpu" in budget:
+            max_memory["cpu"] = int(budget["cpu"])
+        elif options.max_ram_gib is not None:
             max_memory["cpu"] = f"{options.max_ram_gib}GiB"
         kwargs = {"device_map": "auto" if device == "cuda" or max_memory else device}
         if max_memory:
@@ -150,6 +156,7 @@ class TransformersBackend(Backend):
         self.template = getattr(self.tokenizer, "chat_template", None) or detection.chat_template
         limit = detection.context_length or options.n_ctx
         self.n_ctx = min(options.n_ctx, limit)
+        self.n_batch = options.n_batch
         self._eos = eos_ids(self.model, self.tokenizer)
         device_map = getattr(self.model, "hf_device_map", None)
         devices = sorted({str(v) for v in device_map.values()}) if device_map else [self.device]
@@ -230,12 +237,17 @@ class TransformersBackend(Backend):
         try:
             with torch.inference_mode():
                 pending = prompt[cached:]
-                if len(pending) > 1:
-                    # The last prompt token always goes alone, so a replayed prompt (cached up to
-                    # its last token) computes exactly the same logits: same seed, same text.
-                    self.model(input_ids=torch.tensor([pending[:-1]], device=device), past_key_values=cache,
+                # The prompt goes in chunks of n_batch tokens, which bounds activation memory on long
+                # prompts. Its last token always goes alone, so a replayed prompt (cached up to its
+                # last token) computes exactly the same logits: same seed, same text.
+                for i in range(0, len(pending) - 1, self.n_batch):
+                    chunk = pending[i:min(i + self.n_batch, len(pending) - 1)]
+                    self.model(input_ids=torch.tensor([chunk], device=device), past_key_values=cache,
                                use_cache=True, logits_to_keep=1)
-                    self._cache_ids.extend(pending[:-1])
+                    self._cache_ids.extend(chunk)
+                    if cancelled():
+                        yield DoneEvent("cancelled", len(prompt), 0, cached)
+                        return
                 feed = torch.tensor([pending[-1:]], dtype=torch.long, device=device)
                 while True:
                     out = self.model(input_ids=feed, past_key_values=cache, use_cache=True, logits_to_keep=1)

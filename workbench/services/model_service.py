@@ -7,15 +7,19 @@ values; raises WorkbenchError subclasses. It holds no weights itself.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
+import time
 from typing import Iterator
 
 from ..backends import registry
 from ..detect import Detection, detect
 from ..errors import NoModelLoaded, WorkbenchError, WorkerDied
+from ..hardware import Hardware, detect_hardware
 from ..options import GenerationRequest, LoadOptions
 from ..paths import Paths, resolve_inside
+from ..plan import MemoryPlan, check_plan, make_plan
 from ..worker import ModelWorker
 
 
@@ -66,9 +70,20 @@ class ModelService:
         in_models = os.path.join(self.paths.models, path_or_name)
         return in_models if os.path.exists(in_models) else path_or_name
 
+    # --- planning -------------------------------------------------------------------
+    def hardware(self) -> Hardware:
+        return detect_hardware(self.paths.offload)
+
+    def plan(self, path: str, loader: str | None = None, options: LoadOptions | None = None) -> MemoryPlan:
+        """The memory plan for loading `path`: per device weights, KV cache, buffers, and whether it fits."""
+        options = (options or LoadOptions()).validate()
+        detection = detect(path, trust_pickle=options.trust_pickle)
+        spec = registry.choose(detection, loader)
+        return make_plan(detection, spec.name, options, self.hardware())
+
     # --- lifecycle -----------------------------------------------------------------
     def load(self, path: str, loader: str | None = None, options: LoadOptions | None = None) -> dict:
-        """Detect, pick the backend, start a worker and load; the previous model is unloaded first."""
+        """Plan, refuse what cannot fit, then start a worker and load; the previous model is unloaded first."""
         options = (options or LoadOptions()).validate()
         if options.offload_folder is None:
             options.offload_folder = self.paths.offload
@@ -76,7 +91,12 @@ class ModelService:
         spec = registry.choose(detection, loader)
         registry.check_installed(spec)
         with self._lock:
-            self._stop_worker()
+            self._stop_worker()  # the old model's memory is free before the new plan is checked
+            plan = make_plan(detection, spec.name, options, self.hardware())
+            check_plan(plan)
+            if options.max_ram_gib or options.max_vram_gib:
+                options.weight_budget = {d.device.replace("cuda:", ""): d.weights
+                                         for d in plan.devices if d.device != "disk"}
             worker = ModelWorker(log_path=os.path.join(self.paths.user_data, "logs", "worker.log"))
             try:
                 info = worker.load(spec.name, detection, options)
@@ -86,6 +106,8 @@ class ModelService:
             info["name"] = os.path.basename(detection.path)
             info["detection"] = detection.to_dict()
             info["worker_pid"] = worker.pid
+            info["plan"] = plan.to_dict()
+            info["options"] = {k: v for k, v in options.to_dict().items() if k != "weight_budget"}
             self._worker, self._info = worker, info
             return dict(info)
 
@@ -96,8 +118,27 @@ class ModelService:
 
     def _stop_worker(self) -> None:
         if self._worker is not None:
+            self._record_memory()
             self._worker.stop()
         self._worker, self._info = None, None
+
+    def _record_memory(self) -> None:
+        """Append the plan's prediction beside the worker's measured peak to user_data/memory_log.jsonl."""
+        worker, info = self._worker, self._info
+        if worker is None or info is None or not worker.alive():
+            return
+        try:
+            peak = worker.memory()["peak_rss_bytes"]
+        except WorkbenchError:
+            return
+        plan = info["plan"]
+        predicted = sum(d["total"] for d in plan["devices"] if d["device"] == "cpu")
+        entry = {"time": time.time(), "model": info["name"], "backend": info["backend"], "n_ctx": info["n_ctx"],
+                 "predicted_ram_bytes": predicted, "measured_peak_rss_bytes": peak,
+                 "error": (predicted - peak) / peak if peak else None}
+        os.makedirs(self.paths.user_data, exist_ok=True)
+        with open(os.path.join(self.paths.user_data, "memory_log.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
 
     def _require_worker(self) -> ModelWorker:
         worker = self._worker

@@ -1,0 +1,77 @@
+"""What this machine has: CPU cores, RAM, each NVIDIA GPU's VRAM, free disk for offload.
+
+psutil for CPU and RAM; NVML (nvidia-ml-py) for GPUs, so no torch import is needed.
+Works without error on a machine with no GPU or no NVML: `gpus` is then empty.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class GPU:
+    index: int
+    name: str
+    total_bytes: int
+    free_bytes: int
+
+
+@dataclass(frozen=True)
+class Hardware:
+    physical_cores: int
+    logical_cores: int
+    ram_total_bytes: int
+    ram_available_bytes: int
+    disk_free_bytes: int               # where offloaded weights would go
+    gpus: tuple[GPU, ...] = field(default_factory=tuple)
+
+    @property
+    def vram_total_bytes(self) -> int:
+        return sum(g.total_bytes for g in self.gpus)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["gpus"] = [asdict(g) for g in self.gpus]
+        return d
+
+
+def detect_gpus() -> tuple[GPU, ...]:
+    """NVIDIA GPUs via NVML; empty when there is no driver or no GPU."""
+    try:
+        import pynvml
+    except ImportError:
+        return ()
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # no driver, no device: a CPU-only machine
+        return ()
+    try:
+        gpus = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            name = pynvml.nvmlDeviceGetName(handle)
+            gpus.append(GPU(i, name.decode() if isinstance(name, bytes) else str(name), int(mem.total), int(mem.free)))
+        return tuple(gpus)
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def detect_hardware(offload_dir: str = ".") -> Hardware:
+    import psutil
+
+    vm = psutil.virtual_memory()
+    probe = offload_dir
+    while probe and not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    return Hardware(
+        physical_cores=psutil.cpu_count(logical=False) or os.cpu_count() or 1,
+        logical_cores=psutil.cpu_count() or 1,
+        ram_total_bytes=int(vm.total),
+        ram_available_bytes=int(vm.available),
+        disk_free_bytes=int(shutil.disk_usage(probe or ".").free),
+        gpus=detect_gpus(),
+    )

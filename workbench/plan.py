@@ -1,0 +1,308 @@
+"""The memory plan: before a load, where every byte will go, for every backend.
+
+From detected metadata, load options and the hardware it computes, per device (each
+GPU, RAM, disk): weights (which layers go where), KV cache for the context, compute
+buffers and runtime overhead; whether that fits the caps; and, in auto mode, the
+largest n_gpu_layers and context that fit. One plan type serves llama.cpp,
+Transformers and GPTQ. The constants were calibrated against measured worker RSS of
+the sample model (bench/bench_plan.py re-measures them); they are estimates, not promises.
+Imports no engine.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+from .detect import GGUF, Detection
+from .errors import WorkbenchError
+from .hardware import Hardware
+from .options import LoadOptions
+
+MiB, GiB = 2**20, 2**30
+KV_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+# Calibrated on the sample model (see module docstring).
+LLAMA_PROCESS = 46 * MiB          # python + llama_cpp + workbench in the worker
+LLAMA_PER_VOCAB = 500             # tokenizer tables and output buffers, bytes per vocab entry
+LLAMA_COMPUTE_BASE = 5 * MiB      # activations for one micro-batch
+LLAMA_KQ_BYTES = 6.4              # per (context x micro-batch x head) without flash attention
+LLAMA_FLASH_KQ_BYTES = 0.5        # the same with flash attention (no full KQ matrix)
+CUDA_CONTEXT = 300 * MiB          # CUDA runtime per GPU
+TORCH_PROCESS = 175 * MiB         # python + torch + transformers in the worker
+GPTQ_PROCESS = 597 * MiB          # the same plus gptqmodel, torchao and its kernels
+GPTQ_CPU_DEQUANT = 1.28           # bytes per quantized parameter: the CPU kernel's dequantized cache
+TORCH_CPU_HALF_COPY = 1.0         # bf16/fp16 matmuls on CPU keep a reordered copy of the weights
+TORCH_ATTN_BYTES = 1.63           # per (context x prompt chunk x head) during chunked prefill
+TORCH_ACT_FACTOR = 16             # activation bytes per (prompt-chunk token x hidden unit)
+
+
+class PlanRefused(WorkbenchError):
+    """A load that cannot fit the caps; refused before loading."""
+
+
+@dataclass
+class DevicePlan:
+    device: str                   # "cpu", "cuda:0", "disk"
+    weights: int = 0
+    kv_cache: int = 0
+    compute: int = 0              # compute and output buffers, kernel copies of weights
+    runtime: int = 0              # the process itself (python, engine libraries, CUDA context)
+    cap: int | None = None        # bytes the model may use here (the user's cap or what is free)
+    cap_source: str = ""          # "cap" (set by the user) or "free" (what the machine has)
+    layers: int = 0               # transformer blocks placed here
+
+    @property
+    def model_bytes(self) -> int:
+        """What the model uses here; this is what a cap limits."""
+        return self.weights + self.kv_cache + self.compute
+
+    @property
+    def total(self) -> int:
+        """Predicted resident memory of the worker on this device."""
+        return self.model_bytes + self.runtime
+
+    @property
+    def fits(self) -> bool:
+        return self.cap is None or self.model_bytes <= self.cap
+
+
+@dataclass
+class MemoryPlan:
+    backend: str
+    n_ctx: int
+    n_gpu_layers: int | None      # llama.cpp only
+    n_layers: int
+    devices: list[DevicePlan] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    max_n_ctx: int | None = None  # the largest context that fits, when the chosen one does not
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return not self.problems
+
+    def device(self, name: str) -> DevicePlan | None:
+        return next((d for d in self.devices if d.device == name), None)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for dev, src in zip(d["devices"], self.devices):
+            dev["total"] = src.total
+        dev["model_bytes"] = src.model_bytes
+        d["fits"] = self.fits
+        return d
+
+
+def gib(n: float) -> str:
+    return f"{n / GiB:.2f} GiB" if n < 10 * GiB else f"{n / GiB:.1f} GiB"
+
+
+def _gguf_layer_bytes(detection: Detection) -> tuple[int, int, int]:
+    """(bytes per transformer block, embedding bytes, output-head bytes) from the GGUF header."""
+    from .gguf_reader import read_gguf_header
+
+    header = read_gguf_header(detection.path)
+    blocks, embed, output = 0, 0, 0
+    for t in header.tensors:
+        size = t.n_bytes() or 0
+        if t.name.startswith("blk."):
+            blocks += size
+        elif t.name.startswith("token_embd"):
+            embed += size
+        else:
+            output += size
+    return blocks // max(detection.n_layers or 1, 1), embed, output
+
+
+def _kv_per_token_per_layer(detection: Detection, elem_bytes: float) -> float:
+    kv_dim = (detection.n_kv_heads or detection.n_heads or 1) * (detection.head_dim or 64)
+    return 2 * kv_dim * elem_bytes
+
+
+def _geometry_check(detection: Detection) -> None:
+    if not detection.n_layers or not (detection.head_dim or detection.embedding_size):
+        raise WorkbenchError(
+            f"{os.path.basename(detection.path)} does not say how many layers or heads it has, so no memory plan "
+            "can be made; check its config.json or GGUF metadata."
+        )
+
+
+def _gpu_caps(options: LoadOptions, hw: Hardware) -> list[DevicePlan]:
+    gpus = []
+    for g in hw.gpus:
+        cap, source = (int(options.max_vram_gib * GiB), "cap") if options.max_vram_gib else (g.free_bytes, "free")
+        gpus.append(DevicePlan(f"cuda:{g.index}", cap=min(cap, g.total_bytes), cap_source=source))
+    return gpus
+
+
+def _ram_cap(options: LoadOptions, hw: Hardware) -> tuple[int, str]:
+    if options.max_ram_gib:
+        return int(options.max_ram_gib * GiB), "cap"
+    return hw.ram_available_bytes, "free"
+
+
+def _plan_llama(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx: int) -> MemoryPlan:
+    n_layers = detection.n_layers
+    layer_bytes, embed_bytes, output_bytes = _gguf_layer_bytes(detection)
+    kv_layer = _kv_per_token_per_layer(detection, KV_BYTES[options.cache_type]) * n_ctx
+    n_ubatch = min(options.n_batch, 512)
+    kq = LLAMA_FLASH_KQ_BYTES if options.flash_attn else LLAMA_KQ_BYTES
+    compute = int(LLAMA_COMPUTE_BASE + kq * n_ctx * n_ubatch * (detection.n_heads or 1))
+    cap, source = _ram_cap(options, hw)
+    cpu = DevicePlan("cpu", cap=cap, cap_source=source, runtime=LLAMA_PROCESS)
+    vocab_buffers = LLAMA_PER_VOCAB * (detection.vocab_size or 32000)
+    gpus = _gpu_caps(options, hw)
+    plan = MemoryPlan("llama.cpp", n_ctx, 0, n_layers, devices=[cpu])
+
+    def place(n_gpu: int) -> None:
+        gpu_layers = min(n_gpu, n_layers)
+        plan.n_gpu_layers = n_gpu
+        cpu.weights = embed_bytes + layer_bytes * (n_layers - gpu_layers) + (output_bytes if n_gpu <= n_layers else 0)
+        cpu.kv_cache = int(kv_layer * (n_layers - gpu_layers))
+        cpu.layers = n_layers - gpu_layers
+        cpu.compute = vocab_buffers + (compute if gpu_layers < n_layers or not gpus else compute // 4)
+        if gpus:
+            g = gpus[0]
+            g.layers = gpu_layers
+            g.weights = layer_bytes * gpu_layers + (output_bytes if n_gpu > n_layers else 0)
+            g.kv_cache = int(kv_layer * gpu_layers)
+            g.compute = compute if gpu_layers else 0
+            g.runtime = CUDA_CONTEXT if gpu_layers else 0
+
+    if not gpus:
+        if options.n_gpu_layers not in (None, 0):
+            plan.notes.append("No GPU was found, so all layers run on the CPU.")
+        place(0)
+    else:
+        plan.devices.insert(0, gpus[0])
+        if options.n_gpu_layers is None:  # auto: the most layers that fit the GPU
+            best = 0
+            for n in range(n_layers + 1, -1, -1):
+                place(n)
+                if gpus[0].fits:
+                    best = n
+                    break
+            place(best)
+            plan.notes.append(f"Auto: {min(best, n_layers)} of {n_layers} layers fit on {gpus[0].device}.")
+        else:
+            place(n_layers + 1 if options.n_gpu_layers < 0 else options.n_gpu_layers)
+    return plan
+
+
+def _torch_dtype_bytes(options: LoadOptions) -> int:
+    return 4 if options.dtype == "float32" else 2
+
+
+def _plan_torch(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx: int, backend: str) -> MemoryPlan:
+    n_layers = detection.n_layers
+    elem = _torch_dtype_bytes(options)
+    emb = detection.embedding_size or 0
+    embed_bytes = (detection.vocab_size or 0) * emb * elem
+    if backend == "gptq":
+        weights = detection.size_bytes
+        runtime = GPTQ_PROCESS
+        quantized_params = max((detection.parameter_count or 0) - (detection.vocab_size or 0) * emb, 0)
+    else:
+        weights = (detection.parameter_count or detection.size_bytes // elem) * elem
+        runtime = TORCH_PROCESS
+    layer_bytes = max(weights - embed_bytes, 0) // n_layers
+    kv_layer = _kv_per_token_per_layer(detection, elem) * n_ctx
+    chunk = min(options.n_batch, n_ctx)
+    compute = int(TORCH_ATTN_BYTES * (detection.n_heads or 1) * chunk * n_ctx
+                  + TORCH_ACT_FACTOR * chunk * emb + 4 * (detection.vocab_size or 0) * 2)
+    cap, source = _ram_cap(options, hw)
+    cpu = DevicePlan("cpu", cap=cap, cap_source=source, runtime=runtime)
+    gpus = _gpu_caps(options, hw)[:1] if options.device != "cpu" else []
+    for g in gpus:
+        g.runtime = CUDA_CONTEXT
+    devices = gpus + [cpu]
+    # bf16/fp16 matmuls on the CPU keep a reordered copy of each weight they touch.
+    copy = TORCH_CPU_HALF_COPY if backend != "gptq" and elem == 2 else 0.0
+    first = devices[0]  # runs the embedding, the head, and every offloaded layer
+    first.weights, first.compute = embed_bytes, compute
+    if first is cpu:
+        cpu.compute += int(copy * embed_bytes)
+    if first is cpu:  # every layer's KV cache lives where the layers run, wherever the weights are kept
+        cpu.kv_cache = int(n_layers * kv_layer)
+    remaining = n_layers
+    for dev in devices:
+        per_layer = layer_bytes * (1 + (copy if dev is cpu else 0)) + (0 if first is cpu else kv_layer)
+        if dev is cpu and not options.max_ram_gib:
+            take = remaining
+        else:
+            room = max((dev.cap or 0) - dev.model_bytes, 0)
+            take = min(remaining, int(room // max(per_layer, 1)))
+        dev.layers = take
+        dev.weights += take * layer_bytes
+        if first is not cpu:
+            dev.kv_cache += int(take * kv_layer)
+        if dev is cpu:
+            dev.compute += int(copy * take * layer_bytes)
+            if backend == "gptq":
+                dev.compute += int(GPTQ_CPU_DEQUANT * quantized_params * take / n_layers)
+        remaining -= take
+    plan = MemoryPlan(backend, n_ctx, None, n_layers, devices=devices)
+    if remaining:
+        if first is not cpu:
+            first.kv_cache += int(remaining * kv_layer)
+        plan.devices.append(DevicePlan("disk", weights=remaining * layer_bytes, cap=hw.disk_free_bytes,
+                                       cap_source="free", layers=remaining))
+        plan.notes.append(f"{remaining} of {n_layers} layers are offloaded to disk: loading works, generation is slow.")
+    return plan
+
+
+def _check(plan: MemoryPlan) -> None:
+    for dev in plan.devices:
+        if dev.fits:
+            continue
+        where = "RAM" if dev.device == "cpu" else ("disk" if dev.device == "disk" else f"VRAM on {dev.device}")
+        limit = "cap is" if dev.cap_source == "cap" else "free is"
+        plan.problems.append(f"needs {gib(dev.model_bytes)} {where}, {limit} {gib(dev.cap)}")
+
+
+def make_plan(detection: Detection, backend: str, options: LoadOptions, hw: Hardware) -> MemoryPlan:
+    """The memory plan for loading `detection` with `backend` and `options` on `hw`."""
+    _geometry_check(detection)
+    limit = detection.context_length or options.n_ctx
+    n_ctx = min(options.n_ctx, limit) if backend != "llama.cpp" else options.n_ctx
+
+    def build(ctx: int) -> MemoryPlan:
+        if backend == "llama.cpp" and detection.format == GGUF:
+            p = _plan_llama(detection, options, hw, ctx)
+        else:
+            p = _plan_torch(detection, options, hw, ctx, backend)
+        _check(p)
+        return p
+
+    plan = build(n_ctx)
+    if not plan.fits:
+        lo, hi, best = 256, n_ctx - 1, None
+        while lo <= hi:
+            mid = (lo + hi) // 2 // 256 * 256 or 256
+            if build(mid).fits:
+                best, lo = mid, mid + 256
+            else:
+                hi = mid - 256
+        plan.max_n_ctx = best
+    if n_ctx != options.n_ctx:
+        plan.notes.append(f"Context capped at the model's maximum of {n_ctx} tokens.")
+    return plan
+
+
+def refusal(plan: MemoryPlan) -> str:
+    """One sentence: what does not fit and what to change."""
+    what = "; ".join(plan.problems)
+    fixes = []
+    if plan.max_n_ctx:
+        fixes.append(f"lower context to {plan.max_n_ctx}")
+    if plan.backend == "llama.cpp" and any(d.device.startswith("cuda") and not d.fits for d in plan.devices):
+        fixes.append("use fewer GPU layers")
+    fixes.append("raise the cap" if any(d.cap_source == "cap" and not d.fits for d in plan.devices)
+                 else "free memory or pick a smaller model")
+    return f"This load {what}: {' or '.join(fixes)}."
+
+
+def check_plan(plan: MemoryPlan) -> None:
+    """Raise PlanRefused with the refusal sentence when the plan does not fit."""
+    if not plan.fits:
+        raise PlanRefused(refusal(plan))
