@@ -15,7 +15,7 @@ import sys
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from workbench.cli import add_load_flags, load_options_from_args  # noqa: E402
+from workbench.cli import add_load_flags, load_options_from_args, profile_store  # noqa: E402
 from workbench.errors import WorkbenchError  # noqa: E402
 from workbench.paths import Paths  # noqa: E402
 
@@ -28,6 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--share", action="store_true", help="make a public Gradio share link (needs auth)")
     p.add_argument("--auth", metavar="USER:PASS", help="require this login")
+    p.add_argument("--preset", dest="profile", help="hardware profile from presets/hardware/ (same as --profile)")
     add_load_flags(p)
     return p.parse_args(argv)
 
@@ -69,14 +70,19 @@ def main(argv=None) -> int:
     from workbench.ui.app import build_app
 
     args = parse_args(argv)
+    paths = Paths.default()
+    profiles = profile_store(paths)
+    models = ModelService(paths)
     try:
         auth = resolve_auth(args)
-        options = load_options_from_args(args)
+        options = load_options_from_args(args, paths)
+        profiles.ensure_this_machine(models.hardware())
+        warning = profiles.get(args.profile).warning(models.hardware()) if args.profile else None
     except WorkbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    paths = Paths.default()
-    models = ModelService(paths)
+    if warning:
+        print(f"[webui] warning: {warning}", flush=True)
     if args.model:
         path = models.locate(args.model)
         print(f"[webui] loading {args.model}...", flush=True)
@@ -85,7 +91,7 @@ def main(argv=None) -> int:
             print(f"[webui] loaded with {info['backend']} in {info['load_s']:.1f} s", flush=True)
         except WorkbenchError as e:
             print(f"[webui] could not load {args.model}: {e} (the UI starts without a model)", flush=True)
-    app = build_app(models, ChatService(models), options, args.loader)
+    app = build_app(models, ChatService(models), profiles, options, args.loader)
     host = "0.0.0.0" if args.listen else args.host
     share = args.share
     if share and not share_reachable():

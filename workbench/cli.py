@@ -161,24 +161,8 @@ def cmd_generate(args, paths) -> int:
     return 0
 
 
-def format_plan(plan: dict) -> str:
-    """A plan as a small text table, one row per device."""
-    mib = 2**20
-    lines = [f"{plan['backend']}, context {plan['n_ctx']}"
-             + (f", n_gpu_layers {plan['n_gpu_layers']}" if plan.get("n_gpu_layers") is not None else "")]
-    lines.append(f"{'device':8} {'layers':>6} {'weights':>9} {'KV cache':>9} {'compute':>9} {'runtime':>9} "
-                 f"{'total':>9} {'cap':>9}")
-    for d in plan["devices"]:
-        cap = f"{d['cap'] / mib:.0f} MiB" if d["cap"] else "-"
-        lines.append(f"{d['device']:8} {d['layers']:>6} {d['weights'] / mib:>5.0f} MiB {d['kv_cache'] / mib:>5.0f} MiB "
-                     f"{d['compute'] / mib:>5.0f} MiB {d['runtime'] / mib:>5.0f} MiB {d['total'] / mib:>5.0f} MiB {cap:>9}")
-    lines += plan["notes"]
-    lines.append("fits" if plan["fits"] else "DOES NOT FIT: " + "; ".join(plan["problems"]))
-    return "\n".join(lines)
-
-
 def cmd_plan(args, paths) -> int:
-    from .plan import refusal
+    from .plan import plan_table, refusal
     from .services.model_service import ModelService
 
     service = ModelService(paths)
@@ -191,7 +175,7 @@ def cmd_plan(args, paths) -> int:
         out["refusal"] = None if plan.fits else refusal(plan)
         _print_json(out)
     else:
-        print(format_plan(plan.to_dict()))
+        print(plan_table(plan.to_dict()))
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
     return 0 if plan.fits else 1

@@ -222,11 +222,12 @@ def _plan_torch(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx:
     first.weights, first.compute = embed_bytes, compute
     if first is cpu:
         cpu.compute += int(copy * embed_bytes)
-    if first is cpu:  # every layer's KV cache lives where the layers run, wherever the weights are kept
-        cpu.kv_cache = int(n_layers * kv_layer)
+    # The KV cache is reserved on the main device: offloaded layers run there too (conservative for
+    # layers a GPU box keeps on the CPU).
+    first.kv_cache = int(n_layers * kv_layer)
     remaining = n_layers
     for dev in devices:
-        per_layer = layer_bytes * (1 + (copy if dev is cpu else 0)) + (0 if first is cpu else kv_layer)
+        per_layer = layer_bytes * (1 + (copy if dev is cpu else 0))
         if dev is cpu and not options.max_ram_gib:
             take = remaining
         else:
@@ -234,8 +235,6 @@ def _plan_torch(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx:
             take = min(remaining, int(room // max(per_layer, 1)))
         dev.layers = take
         dev.weights += take * layer_bytes
-        if first is not cpu:
-            dev.kv_cache += int(take * kv_layer)
         if dev is cpu:
             dev.compute += int(copy * take * layer_bytes)
             if backend == "gptq":
@@ -243,8 +242,6 @@ def _plan_torch(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx:
         remaining -= take
     plan = MemoryPlan(backend, n_ctx, None, n_layers, devices=devices)
     if remaining:
-        if first is not cpu:
-            first.kv_cache += int(remaining * kv_layer)
         plan.devices.append(DevicePlan("disk", weights=remaining * layer_bytes, cap=hw.disk_free_bytes,
                                        cap_source="free", layers=remaining))
         plan.notes.append(f"{remaining} of {n_layers} layers are offloaded to disk: loading works, generation is slow.")
@@ -306,3 +303,19 @@ def check_plan(plan: MemoryPlan) -> None:
     """Raise PlanRefused with the refusal sentence when the plan does not fit."""
     if not plan.fits:
         raise PlanRefused(refusal(plan))
+
+
+def plan_table(plan: dict) -> str:
+    """A plan as a small text table, one row per device."""
+    mib = 2**20
+    lines = [f"{plan['backend']}, context {plan['n_ctx']}"
+             + (f", n_gpu_layers {plan['n_gpu_layers']}" if plan.get("n_gpu_layers") is not None else "")]
+    lines.append(f"{'device':8} {'layers':>6} {'weights':>9} {'KV cache':>9} {'compute':>9} {'runtime':>9} "
+                 f"{'total':>9} {'cap':>9}")
+    for d in plan["devices"]:
+        cap = f"{d['cap'] / mib:.0f} MiB" if d["cap"] else "-"
+        lines.append(f"{d['device']:8} {d['layers']:>6} {d['weights'] / mib:>5.0f} MiB {d['kv_cache'] / mib:>5.0f} MiB "
+                     f"{d['compute'] / mib:>5.0f} MiB {d['runtime'] / mib:>5.0f} MiB {d['total'] / mib:>5.0f} MiB {cap:>9}")
+    lines += plan["notes"]
+    lines.append("fits" if plan["fits"] else "DOES NOT FIT: " + "; ".join(plan["problems"]))
+    return "\n".join(lines)

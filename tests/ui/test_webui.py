@@ -123,3 +123,36 @@ def test_share_without_network_says_so_and_keeps_serving(sample_gguf):
         assert "No model loaded" in client.predict(api_name="/unload_model")
     finally:
         app.stop()
+
+
+def test_model_tab_plan_follows_the_options(app):
+    client = Client(app.url, verbose=False)
+
+    def plan(n_ctx, max_ram):
+        chart, text = client.predict(SAMPLE_NAME, "auto", n_ctx, -2, 512, 0, "f16", False, True, False, "auto",
+                                     "auto", max_ram, 0, api_name="/plan")
+        kv = next(row[2] for row in chart["data"] if row[:2] == ["cpu", "KV cache"])
+        return kv, text
+
+    kv_small, text_small = plan(1024, 0)
+    kv_big, text_big = plan(8192, 0)
+    assert kv_big == pytest.approx(8 * kv_small, rel=0.01)
+    assert "fits" in text_small
+    _, refused = plan(8192, 0.3)
+    assert "DOES NOT FIT" in refused
+
+
+def test_profiles_apply_and_save_through_the_ui(app, tmp_path):
+    client = Client(app.url, verbose=False)
+    form = client.predict("cpu-8gb", api_name="/apply_profile")
+    assert form[0] == 4096 and form[10] == 6
+    name = f"ui-test-{os.getpid()}"
+    try:
+        client.predict(name, 2048, -2, 256, 0, "f16", False, True, False, "auto", "cpu", 3, 0, api_name="/save_profile")
+        saved = client.predict(name, api_name="/apply_profile")
+        assert (saved[0], saved[2], saved[9], saved[10]) == (2048, 256, "cpu", 3)
+        with pytest.raises(Exception, match="shipped"):
+            client.predict("cpu-8gb", api_name="/delete_profile")
+    finally:
+        client.predict(name, api_name="/delete_profile")
+    assert not os.path.exists(os.path.join(ROOT, "presets", "hardware", f"{name}.yaml"))

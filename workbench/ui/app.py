@@ -5,15 +5,17 @@ from __future__ import annotations
 import gradio as gr
 
 from ..options import LoadOptions
+from ..profiles import ProfileStore
 from ..services.chat_service import ChatService
 from ..services.model_service import ModelService
 from .chat_tab import build_chat_tab
 from .model_tab import build_model_tab
 
 
-def build_app(models: ModelService, chat: ChatService, load_defaults: LoadOptions, loader: str = "auto") -> gr.Blocks:
+def build_app(models: ModelService, chat: ChatService, profiles: ProfileStore, load_defaults: LoadOptions,
+              loader: str = "auto") -> gr.Blocks:
     with gr.Blocks(title="Model Workbench") as app:
         gr.Markdown("## Model Workbench")
         build_chat_tab(chat)
-        build_model_tab(models, load_defaults, loader)
+        build_model_tab(models, profiles, load_defaults, loader)
     return app

@@ -1,0 +1,106 @@
+"""The memory planner on the sample model's real metadata, with CPU-only and GPU hardware."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import CAPITAL_QUESTION
+from workbench.detect import detect
+from workbench.hardware import GPU, Hardware, detect_hardware
+from workbench.options import GenerationRequest, GenParams, LoadOptions
+from workbench.paths import Paths
+from workbench.plan import MiB, GiB, PlanRefused, check_plan, make_plan
+from workbench.services.model_service import ModelService
+
+CPU_BOX = Hardware(physical_cores=8, logical_cores=16, ram_total_bytes=16 * GiB, ram_available_bytes=12 * GiB,
+                   disk_free_bytes=100 * GiB)
+GPU_BOX = Hardware(physical_cores=8, logical_cores=16, ram_total_bytes=32 * GiB, ram_available_bytes=28 * GiB,
+                   disk_free_bytes=100 * GiB, gpus=(GPU(0, "Test GPU", 8 * GiB, 7 * GiB),))
+
+
+def test_hardware_detection_works_without_a_gpu():
+    hw = detect_hardware()
+    assert hw.physical_cores >= 1 and hw.ram_total_bytes > 1 * GiB and hw.disk_free_bytes > 0
+    assert isinstance(hw.gpus, tuple)
+
+
+def test_llama_plan_grows_with_context_by_the_kv_cache(sample_gguf):
+    d = detect(sample_gguf)
+    small = make_plan(d, "llama.cpp", LoadOptions(n_ctx=512), CPU_BOX).device("cpu")
+    big = make_plan(d, "llama.cpp", LoadOptions(n_ctx=8192), CPU_BOX).device("cpu")
+    # 30 layers x (3 KV heads x 64) x K+V x f16 = 23,040 bytes per token
+    assert small.kv_cache == 30 * 192 * 2 * 2 * 512
+    assert big.kv_cache == 16 * small.kv_cache
+    assert 90 * MiB < small.weights < 100 * MiB  # the Q4_1 tensors
+    q8 = make_plan(d, "llama.cpp", LoadOptions(n_ctx=8192, cache_type="q8_0", flash_attn=True), CPU_BOX)
+    assert q8.device("cpu").kv_cache < big.kv_cache * 0.55
+
+
+def test_impossible_llama_load_is_refused_with_numbers_and_a_fix(sample_gguf):
+    plan = make_plan(detect(sample_gguf), "llama.cpp", LoadOptions(n_ctx=8192, max_ram_gib=0.3), CPU_BOX)
+    assert not plan.fits
+    with pytest.raises(PlanRefused) as e:
+        check_plan(plan)
+    msg = str(e.value)
+    assert "needs 0.5" in msg and "cap is 0.30 GiB" in msg
+    assert f"lower context to {plan.max_n_ctx}" in msg and "raise the cap" in msg
+    assert make_plan(detect(sample_gguf), "llama.cpp", LoadOptions(n_ctx=plan.max_n_ctx, max_ram_gib=0.3), CPU_BOX).fits
+
+
+def test_service_refuses_before_starting_a_worker(sample_gguf, workbench_root):
+    service = ModelService(Paths(str(workbench_root)))
+    with pytest.raises(PlanRefused, match="raise the cap"):
+        service.load(sample_gguf, options=LoadOptions(n_ctx=8192, max_ram_gib=0.3))
+    assert service.worker_pid() is None
+
+
+def test_gpu_auto_layers_fill_the_vram_cap(sample_gguf):
+    d = detect(sample_gguf)
+    full = make_plan(d, "llama.cpp", LoadOptions(n_ctx=4096), GPU_BOX)
+    assert full.n_gpu_layers == 31 and full.device("cuda:0").layers == 30  # all layers plus the output head
+    capped = make_plan(d, "llama.cpp", LoadOptions(n_ctx=4096, max_vram_gib=0.2), GPU_BOX)
+    gpu, cpu = capped.device("cuda:0"), capped.device("cpu")
+    assert 0 < gpu.layers < 30 and gpu.layers + cpu.layers == 30
+    assert gpu.model_bytes <= 0.2 * GiB
+    forced = make_plan(d, "llama.cpp", LoadOptions(n_ctx=4096, n_gpu_layers=31, max_vram_gib=0.15), GPU_BOX)
+    assert not forced.fits and "VRAM on cuda:0" in forced.problems[0]
+
+
+def test_transformers_plan_splits_gpu_cpu_disk(sample_transformers):
+    d = detect(sample_transformers)
+    plan = make_plan(d, "transformers", LoadOptions(n_ctx=2048, max_vram_gib=0.2, max_ram_gib=0.05), GPU_BOX)
+    layers = {dev.device: dev.layers for dev in plan.devices}
+    assert layers["cuda:0"] > 0 and layers["cpu"] > 0 and layers.get("disk", 0) > 0
+    assert sum(layers.values()) == 30
+    assert plan.fits
+
+
+def test_ram_cap_below_weights_offloads_to_disk_and_still_answers(sample_transformers, workbench_root):
+    """Weights are ~257 MiB in bf16; a 0.2 GiB cap keeps most layers on disk, and the answer is still right."""
+    service = ModelService(Paths(str(workbench_root)))
+    try:
+        info = service.load(sample_transformers, options=LoadOptions(n_ctx=512, max_ram_gib=0.2))
+        assert "disk" in info["device"]
+        disk_layers = next(d["layers"] for d in info["plan"]["devices"] if d["device"] == "disk")
+        assert disk_layers >= 15
+        placed = list(info["details"]["device_map"].values())
+        assert placed.count("disk") >= 15  # accelerate really put those layers on disk
+        result = service.complete(GenerationRequest(messages=CAPITAL_QUESTION, params=GenParams(temperature=0, max_tokens=16)))
+        assert "Paris" in result["text"]
+        anon = service.worker_memory()["anon_bytes"]
+        cpu = next(d for d in info["plan"]["devices"] if d["device"] == "cpu")
+        assert anon <= cpu["cap"] + cpu["runtime"] * 1.5  # the model stays near its cap (mmapped pages aside)
+    finally:
+        service.close()
+
+
+def test_memory_is_recorded_beside_the_plan(sample_gguf, workbench_root):
+    service = ModelService(Paths(str(workbench_root)))
+    service.load(sample_gguf, options=LoadOptions(n_ctx=1024))
+    service.complete(GenerationRequest(prompt="Hello", params=GenParams(max_tokens=4)))
+    service.unload()
+    import json
+
+    entries = [json.loads(line) for line in workbench_root.joinpath("user_data", "memory_log.jsonl").read_text().splitlines()]
+    assert entries[-1]["backend"] == "llama.cpp" and entries[-1]["n_ctx"] == 1024
+    assert abs(entries[-1]["error"]) < 0.5
