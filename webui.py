@@ -1,8 +1,10 @@
 """Launch the Model Workbench UI: parse flags, build the services, launch Gradio.
 
     python webui.py [--model NAME] [--listen | --host ADDR] [--port N] [--share] [--auth USER:PASS]
+                    [--api [--api-port 5000] [--api-key KEY]] [--api-only]
 
---listen or --share without --auth makes a random password, prints it once and requires it.
+--listen or --share without --auth makes a random password, prints it once and requires it;
+the API then requires it too (as its key) unless --api-key sets another.
 """
 
 from __future__ import annotations
@@ -28,9 +30,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--share", action="store_true", help="make a public Gradio share link (needs auth)")
     p.add_argument("--auth", metavar="USER:PASS", help="require this login")
+    p.add_argument("--api", action="store_true", help="also serve the OpenAI-compatible API")
+    p.add_argument("--api-only", action="store_true", help="serve only the API, no web UI")
+    p.add_argument("--api-port", type=int, default=5000)
+    p.add_argument("--api-key", help="key API clients must send (required when the API is reachable from the network)")
+    p.add_argument("--api-cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from ORIGIN call the API (repeatable; closed by default)")
     p.add_argument("--preset", dest="profile", help="hardware profile from presets/hardware/ (same as --profile)")
     add_load_flags(p)
     return p.parse_args(argv)
+
+
+def exposed(args) -> bool:
+    return bool(args.listen or args.share or args.host not in ("127.0.0.1", "localhost", "::1"))
 
 
 def resolve_auth(args) -> tuple[str, str] | None:
@@ -40,12 +52,29 @@ def resolve_auth(args) -> tuple[str, str] | None:
         if not sep or not user or not password:
             raise WorkbenchError("--auth must look like USER:PASS.")
         return user, password
-    if args.listen or args.share or args.host not in ("127.0.0.1", "localhost", "::1"):
+    if exposed(args):
         password = secrets.token_urlsafe(12)
         print(f"[webui] The app is reachable from the network, so it needs a login: user 'workbench', password '{password}'",
               flush=True)
         return "workbench", password
     return None
+
+
+def start_api(models, host: str, port: int, api_key: str | None, cors: list[str], background: bool):
+    """The OpenAI-compatible API on host:port; in a thread beside the UI, or returned to run in the foreground."""
+    import threading
+
+    import uvicorn
+
+    from workbench.api.server import build_api
+
+    server = uvicorn.Server(uvicorn.Config(build_api(models, api_key, cors), host=host, port=port,
+                                           log_level="warning", timeout_graceful_shutdown=3))
+    key_note = "key required" if api_key else "no key (this machine only)"
+    print(f"[webui] OpenAI-compatible API on http://{host}:{port}/v1 ({key_note})", flush=True)
+    if background:
+        threading.Thread(target=server.run, name="api", daemon=True).start()
+    return server
 
 
 def share_reachable(timeout: float = 3.0) -> bool:
@@ -91,8 +120,17 @@ def main(argv=None) -> int:
             print(f"[webui] loaded with {info['backend']} in {info['load_s']:.1f} s", flush=True)
         except WorkbenchError as e:
             print(f"[webui] could not load {args.model}: {e} (the UI starts without a model)", flush=True)
-    app = build_app(models, ChatService(models), profiles, options, args.loader)
     host = "0.0.0.0" if args.listen else args.host
+    api_key = args.api_key or (auth[1] if auth and exposed(args) else None)
+    if args.api or args.api_only:
+        server = start_api(models, host, args.api_port, api_key, args.api_cors_origin, background=not args.api_only)
+        if args.api_only:
+            try:
+                server.run()
+            finally:
+                models.close()
+            return 0
+    app = build_app(models, ChatService(models), profiles, options, args.loader)
     share = args.share
     if share and not share_reachable():
         print("[webui] --share needs the internet and Gradio's share server is unreachable; serving locally only.",

@@ -6,7 +6,7 @@ kill the app, unloading returns every byte (the process ends), a generation can 
 cancelled, and the model's memory can be measured on its own.
 
 Messages, parent -> child: ("load", backend, detection, options), ("generate", request),
-("tokenize", text), ("memory",), ("shutdown",).
+("tokenize", text), ("count", request), ("memory",), ("shutdown",).
 Child -> parent: ("ok", value), ("progress", text), ("token", text), ("done", stats),
 ("error", error_class_name, message).
 Cancel is a shared Event the child checks after every token, so it needs no pipe round trip.
@@ -117,6 +117,8 @@ def _worker_main(conn, cancel_event, log_path: str | None) -> None:
                         conn.send(("token", event.text))
             elif kind == "tokenize":
                 conn.send(("ok", backend.tokenize(msg[1])))
+            elif kind == "count":
+                conn.send(("ok", len(backend.prompt_tokens(GenerationRequest.from_dict(msg[1])))))
             elif kind == "memory":
                 conn.send(("ok", _memory()))
             else:
@@ -191,6 +193,9 @@ class ModelWorker:
 
     def tokenize(self, text: str) -> list[int]:
         return self._call(("tokenize", text))
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        return self._call(("count", request.to_dict()))
 
     def memory(self) -> dict:
         return self._call(("memory",))

@@ -26,7 +26,7 @@ def free_port() -> int:
 
 
 class App:
-    def __init__(self, *args: str, env: dict | None = None):
+    def __init__(self, *args: str, env: dict | None = None, ready: str = "Running on local URL"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.proc = subprocess.Popen(
@@ -41,7 +41,7 @@ class App:
             if not line and self.proc.poll() is not None:
                 raise RuntimeError("webui.py exited:\n" + "".join(self.output))
             self.output.append(line)
-            if "Running on local URL" in line:
+            if ready in line:
                 return
         raise RuntimeError("webui.py did not start:\n" + "".join(self.output))
 

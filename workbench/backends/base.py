@@ -85,5 +85,9 @@ class Backend(ABC):
     def tokenize(self, text: str) -> list[int]:
         """Token ids of `text` as this model sees it (no special tokens added)."""
 
+    @abstractmethod
+    def prompt_tokens(self, request: GenerationRequest) -> list[int]:
+        """Token ids the request's prompt becomes (chat-templated when it has messages)."""
+
     def unload(self) -> None:
         """Drop the model (the worker process ends right after, returning its memory)."""

@@ -179,6 +179,18 @@ class ModelService:
     def tokenize(self, text: str) -> list[int]:
         return self._require_worker().tokenize(text)
 
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        """How many tokens the request's prompt takes (chat template included)."""
+        return self._require_worker().count_prompt_tokens(request)
+
+    def context_size(self) -> int:
+        self._require_worker()
+        return self._info["n_ctx"]
+
+    def loaded_name(self) -> str | None:
+        info = self._info
+        return info["name"] if info else None
+
     def cancel(self) -> None:
         """Stop the running generation at its next token (no-op when idle)."""
         if self._worker is not None:

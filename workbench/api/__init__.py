@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP API (imports fastapi: only webui.py and tests import it)."""

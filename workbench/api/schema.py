@@ -1,0 +1,122 @@
+"""Validates OpenAI-style request bodies into plain workbench values.
+
+Only known, harmless fields are read: messages or prompt, sampling parameters, stream.
+Anything that would name a file, load a model or run code (paths, trust_remote_code)
+is not a field here, so a request cannot set it. Limits keep huge inputs out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import WorkbenchError
+from ..options import GenParams
+
+MAX_PROMPT_CHARS = 1_000_000
+MAX_MESSAGES = 1000
+MAX_STOPS = 8
+MAX_TOKENS_LIMIT = 32768
+FORBIDDEN = ("trust_remote_code", "model_path", "path", "loader", "gguf_file")
+
+
+class ApiError(WorkbenchError):
+    """An invalid request; `param` names the field."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass
+class ParsedRequest:
+    params: GenParams
+    stream: bool
+    include_usage: bool
+    messages: list[dict] | None = None
+    prompt: str | None = None
+
+
+def _number(body: dict, key: str, default, kind=float, lo=None, hi=None):
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+        raise ApiError(f"'{key}' must be a {'whole ' if kind is int else ''}number.", key)
+    value = kind(value)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ApiError(f"'{key}' must be between {lo} and {hi}.", key)
+    return value
+
+
+def _params(body: dict) -> GenParams:
+    for key in FORBIDDEN:
+        if key in body:
+            raise ApiError(f"'{key}' cannot be set through the API.", key)
+    stop = body.get("stop") or []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > MAX_STOPS:
+        raise ApiError(f"'stop' must be a string or a list of up to {MAX_STOPS} strings.", "stop")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    params = GenParams(
+        max_tokens=_number({"max_tokens": max_tokens}, "max_tokens", 512, int, 1, MAX_TOKENS_LIMIT),
+        temperature=_number(body, "temperature", 0.7, float, 0, 2),
+        top_p=_number(body, "top_p", 1.0, float, 0.0001, 1),
+        top_k=_number(body, "top_k", 40, int, 0, 100000),
+        min_p=_number(body, "min_p", 0.05, float, 0, 0.9999),
+        repetition_penalty=_number(body, "repetition_penalty", 1.0, float, 0.01, 10),
+        seed=_number(body, "seed", None, int, 0, 2**63 - 1),
+        stop=stop,
+    )
+    if _number(body, "n", 1, int, 1, 1) != 1:
+        raise ApiError("Only n=1 is supported.", "n")
+    return params.validate()
+
+
+def _stream_flags(body: dict) -> tuple[bool, bool]:
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ApiError("'stream' must be true or false.", "stream")
+    options = body.get("stream_options") or {}
+    return stream, bool(isinstance(options, dict) and options.get("include_usage"))
+
+
+def _text(content, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts: keep the text parts
+        parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        if len(parts) == len(content):
+            return "".join(parts)
+    raise ApiError(f"{where} must be text (a string or text content parts).", "messages")
+
+
+def parse_chat_request(body: dict) -> ParsedRequest:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError("'messages' must be a non-empty list.", "messages")
+    if len(messages) > MAX_MESSAGES:
+        raise ApiError(f"At most {MAX_MESSAGES} messages per request.", "messages")
+    clean, total = [], 0
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "developer"):
+            raise ApiError(f"messages[{i}] needs a role of system, user or assistant.", "messages")
+        text = _text(m.get("content", ""), f"messages[{i}].content")
+        total += len(text)
+        clean.append({"role": "system" if m["role"] == "developer" else m["role"], "content": text})
+    if total > MAX_PROMPT_CHARS:
+        raise ApiError(f"The messages hold {total:,} characters; the limit is {MAX_PROMPT_CHARS:,}.", "messages")
+    stream, usage = _stream_flags(body)
+    return ParsedRequest(_params(body), stream, usage, messages=clean)
+
+
+def parse_completion_request(body: dict) -> ParsedRequest:
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise ApiError("'prompt' must be a non-empty string.", "prompt")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ApiError(f"The prompt has {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,}.", "prompt")
+    stream, usage = _stream_flags(body)
+    return ParsedRequest(_params(body), stream, usage, prompt=prompt)
