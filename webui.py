@@ -94,7 +94,10 @@ def share_reachable(timeout: float = 3.0) -> bool:
 
 
 def main(argv=None) -> int:
+    from workbench.generation_presets import GenerationPresetStore
     from workbench.services.chat_service import ChatService
+    from workbench.services.compare_service import CompareService
+    from workbench.services.conversations import ConversationStore
     from workbench.services.model_service import ModelService
     from workbench.ui.app import build_app
 
@@ -130,7 +133,12 @@ def main(argv=None) -> int:
             finally:
                 models.close()
             return 0
-    app = build_app(models, ChatService(models), profiles, options, args.loader)
+    chat = ChatService(models, ConversationStore(os.path.join(paths.user_data, "chats")))
+    presets = GenerationPresetStore(os.path.join(paths.presets, "generation"))
+    second = ModelService(paths, slot="b")
+    compare = CompareService(models, second)
+    app = build_app(models, chat, compare, profiles, presets, options, os.path.join(paths.user_data, "exports"),
+                    args.loader)
     share = args.share
     if share and not share_reachable():
         print("[webui] --share needs the internet and Gradio's share server is unreachable; serving locally only.",
@@ -139,9 +147,11 @@ def main(argv=None) -> int:
     try:
         app.queue(default_concurrency_limit=1).launch(
             server_name=host, server_port=args.port, share=share, auth=auth, show_error=True,
+            allowed_paths=[os.path.join(paths.user_data, "exports")],
         )
     finally:
         models.close()
+        second.close()
     return 0
 
 

@@ -49,8 +49,8 @@ def test_shipped_profiles_are_protected(store):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("load:\n  n_ctx: 2048\n  turbo: true\n", "line 3: 'load.turbo' is not a load option"),
-    ("description: x\ncolour: red\n", "line 2: 'colour' is not a profile key"),
+    ("load:\n  n_ctx: 2048\n  turbo: true\n", "line 3: 'load.turbo' is not a valid key"),
+    ("description: x\ncolour: red\n", "line 2: 'colour' is not a valid key"),
     ("load:\n  n_ctx: lots\n", "line 2: 'load.n_ctx' has the wrong type"),
     ("load:\n  cache_type: q2\n", "KV cache type 'q2' is unknown"),
     ("load: [1, 2\n", "not valid YAML at line"),

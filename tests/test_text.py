@@ -77,3 +77,15 @@ def test_names_resolve_inside_their_folder(tmp_path):
     for bad in ("../x", "/etc/passwd", "a/../../x", "out/passwd", "", "a\\b", "nul\x00"):
         with pytest.raises(PathOutsideModels):
             resolve_inside(str(tmp_path), bad)
+
+
+def test_model_names_pick_entries_of_models(tmp_path):
+    from workbench.paths import resolve_entry
+
+    (tmp_path / "a.gguf").write_bytes(b"x")
+    (tmp_path / "elsewhere").symlink_to("/tmp")  # the owner's own link: allowed
+    assert resolve_entry(str(tmp_path), "a.gguf").endswith("a.gguf")
+    assert resolve_entry(str(tmp_path), "elsewhere") == str(tmp_path / "elsewhere")
+    for bad in ("../a.gguf", "/etc/passwd", "elsewhere/passwd", "missing.gguf", ".hidden", "", "a\\b"):
+        with pytest.raises(PathOutsideModels):
+            resolve_entry(str(tmp_path), bad)

@@ -89,3 +89,18 @@ def render_chat(
     if len(text) > MAX_RENDERED_CHARS:
         raise TemplateError("The chat template produced a runaway prompt; use another template.")
     return text
+
+
+def prompt_text(request, template: str | None, bos_token: str = "", eos_token: str = "") -> str:
+    """The text a GenerationRequest becomes: its raw prompt, or its messages chat-templated.
+
+    With `continue_last`, the last (assistant) message is left open so the model goes on with it.
+    """
+    if request.messages is None:
+        return request.prompt or ""
+    if request.continue_last:
+        if not request.messages or request.messages[-1].get("role") != "assistant":
+            raise WorkbenchError("There is no reply to continue; send a message first.")
+        head = render_chat(request.messages[:-1], template, bos_token, eos_token) if len(request.messages) > 1 else ""
+        return head + request.messages[-1]["content"]
+    return render_chat(request.messages, template, bos_token, eos_token)

@@ -110,10 +110,13 @@ class GenerationRequest:
     messages: list[dict] | None = None  # [{"role": "user", "content": "..."}]
     prompt: str | None = None           # raw text, used as-is when messages is None
     params: GenParams = field(default_factory=GenParams)
+    continue_last: bool = False         # messages end with a partial assistant reply: continue it
 
     def to_dict(self) -> dict:
-        return {"messages": self.messages, "prompt": self.prompt, "params": self.params.to_dict()}
+        return {"messages": self.messages, "prompt": self.prompt, "params": self.params.to_dict(),
+                "continue_last": self.continue_last}
 
     @classmethod
     def from_dict(cls, data: dict) -> "GenerationRequest":
-        return cls(data.get("messages"), data.get("prompt"), GenParams.from_dict(data.get("params") or {}))
+        return cls(data.get("messages"), data.get("prompt"), GenParams.from_dict(data.get("params") or {}),
+                   bool(data.get("continue_last")))

@@ -1,8 +1,10 @@
 """Where the workbench keeps things on disk, and safe resolution of client-given names.
 
-A name that comes from a browser or an API client (a model, preset, conversation)
-must resolve inside its own folder: no absolute paths, no `..`, and no symlink that
-leads out. Paths typed on the local command line are the user's own and are trusted.
+A name that comes from a browser or an API client (a preset, a conversation) must
+resolve inside its own folder: no absolute paths, no `..`, and no symlink that leads
+out. A model name must be one of the entries of models/; an entry may be a symlink the
+owner put there (models kept on another drive), since a client cannot create one.
+Paths typed on the local command line are the user's own and are trusted.
 """
 
 from __future__ import annotations
@@ -51,3 +53,15 @@ def resolve_inside(folder: str, name: str, what: str = "model") -> str:
     if os.path.commonpath([root, resolved]) != root:
         raise PathOutsideModels(f"{what.capitalize()} {name!r} leads outside {os.path.basename(folder)}/; refused.")
     return resolved
+
+
+def resolve_entry(folder: str, name: str, what: str = "model") -> str:
+    """Path of the entry `name` of `folder` (a direct child, possibly a symlink the owner made)."""
+    if not isinstance(name, str) or not name or name.startswith(".") or "/" in name or "\\" in name \
+            or "\x00" in name:
+        raise PathOutsideModels(
+            f"{what.capitalize()} names must be names inside {os.path.basename(folder)}/, not paths; pick one from the list."
+        )
+    if not os.path.isdir(folder) or name not in os.listdir(folder):
+        raise PathOutsideModels(f"There is no {what} {name!r} in {os.path.basename(folder)}/; pick one from the list.")
+    return os.path.join(folder, name)

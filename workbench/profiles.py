@@ -1,26 +1,24 @@
 """Hardware profiles: saved load settings for a kind of machine, as YAML in presets/hardware/.
 
 A profile has a description, what memory it assumes the machine has, and load options.
-Reading is strict: an unknown key or a bad value is an error that names the key and its
-line. Shipped profiles (`builtin: true`) cannot be overwritten or deleted. The store
-also writes `this-machine.yaml` from the detected hardware at first run, warns when a
-profile assumes more memory than this machine has, and remembers each model's last
-settings in user_data/model_settings.json. Every write is atomic.
+The store writes `this-machine.yaml` from the detected hardware at first run, warns when
+a profile assumes more memory than this machine has, and remembers each model's last
+settings in user_data/model_settings.json. Folder mechanics live in `preset_store.py`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass, field, fields
 
 from .atomic import write_json_atomic, write_text_atomic
 from .errors import WorkbenchError
 from .hardware import Hardware
 from .options import LoadOptions
-from .paths import resolve_inside
+from .preset_store import KeyChecker, PresetError, PresetFolder, load_mapping
 
+ProfileError = PresetError
 PROFILE_KEYS = {"description", "builtin", "assumes", "load"}
 ASSUMES_KEYS = {"ram_gib", "vram_gib"}
 # Load options a profile may set (paths and trust flags are not machine settings).
@@ -32,11 +30,6 @@ _LOAD_TYPES = {
     "use_mmap": (bool,), "use_mlock": (bool,), "flash_attn": (bool,), "cache_type": (str,), "dtype": (str,),
     "device": (str,), "max_vram_gib": _NUMBER_OR_NONE, "max_ram_gib": _NUMBER_OR_NONE,
 }
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
-
-
-class ProfileError(WorkbenchError):
-    """A profile file or name is invalid."""
 
 
 @dataclass
@@ -50,9 +43,7 @@ class HardwareProfile:
 
     def options(self, base: LoadOptions | None = None) -> LoadOptions:
         """LoadOptions with this profile's settings over `base` (defaults when None)."""
-        data = (base or LoadOptions()).to_dict()
-        data.update(self.load)
-        return LoadOptions.from_dict(data)
+        return LoadOptions.from_dict({**(base or LoadOptions()).to_dict(), **self.load})
 
     def warning(self, hw: Hardware) -> str | None:
         """A sentence when the profile assumes more memory than `hw` has, else None."""
@@ -68,65 +59,32 @@ class HardwareProfile:
     def to_yaml(self) -> str:
         import yaml
 
-        data = {"description": self.description, "builtin": self.builtin or None,
-                "assumes": {k: v for k, v in (("ram_gib", self.assumes_ram_gib),
-                                              ("vram_gib", self.assumes_vram_gib)) if v is not None} or None,
+        assumes = {k: v for k, v in (("ram_gib", self.assumes_ram_gib), ("vram_gib", self.assumes_vram_gib))
+                   if v is not None}
+        data = {"description": self.description, "builtin": self.builtin or None, "assumes": assumes or None,
                 "load": self.load}
         return yaml.safe_dump({k: v for k, v in data.items() if v is not None}, sort_keys=False)
 
 
 def parse_profile(name: str, text: str) -> HardwareProfile:
     """Parse a profile's YAML strictly; errors name the key and line."""
-    import yaml
-
     where = f"profile {name!r}"
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark else ""
-        raise ProfileError(f"{where} is not valid YAML{line}; fix the file or delete it.") from e
-    if data is None:
-        data, root = {}, None
-    if not isinstance(data, dict):
-        raise ProfileError(f"{where} must be a mapping of keys (description, assumes, load).")
-    lines: dict[str, int] = {}
-
-    def collect(node, prefix=""):
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                lines[prefix + str(k.value)] = k.start_mark.line + 1
-                collect(v, prefix + str(k.value) + ".")
-
-    collect(root)
-
-    def bad(key: str, why: str) -> ProfileError:
-        return ProfileError(f"{where}, line {lines.get(key, '?')}: {key!r} {why}.")
-
-    for key in data:
-        if key not in PROFILE_KEYS:
-            raise bad(key, f"is not a profile key (valid: {', '.join(sorted(PROFILE_KEYS))})")
-    assumes = data.get("assumes") or {}
-    load = data.get("load") or {}
+    data, lines = load_mapping(text, where)
+    check = KeyChecker(where, lines)
+    check.only(data, PROFILE_KEYS)
+    assumes, load = data.get("assumes") or {}, data.get("load") or {}
     if not isinstance(assumes, dict):
-        raise bad("assumes", "must be a mapping with ram_gib / vram_gib")
+        raise check.error("assumes", "must be a mapping with ram_gib / vram_gib")
     if not isinstance(load, dict):
-        raise bad("load", "must be a mapping of load options")
+        raise check.error("load", "must be a mapping of load options")
+    check.only(assumes, ASSUMES_KEYS, "assumes.")
     for key, value in assumes.items():
-        if key not in ASSUMES_KEYS:
-            raise bad(f"assumes.{key}", f"is unknown (valid: {', '.join(sorted(ASSUMES_KEYS))})")
-        if not isinstance(value, (int, float)) or value <= 0:
-            raise bad(f"assumes.{key}", "must be a positive number of GiB")
-    defaults = LoadOptions().to_dict()
-    for key, value in load.items():
-        if key not in PROFILE_LOAD_KEYS:
-            raise bad(f"load.{key}", f"is not a load option (valid: {', '.join(sorted(PROFILE_LOAD_KEYS))})")
-        expected = _LOAD_TYPES[key]
-        if isinstance(value, bool) and bool not in expected or not isinstance(value, expected):
-            raise bad(f"load.{key}", f"has the wrong type ({type(value).__name__})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise check.error(f"assumes.{key}", "must be a positive number of GiB")
+    check.only(load, PROFILE_LOAD_KEYS, "load.")
+    check.typed(load, _LOAD_TYPES, "load.")
     try:
-        LoadOptions.from_dict({**defaults, **load})
+        LoadOptions.from_dict({**LoadOptions().to_dict(), **load})
     except WorkbenchError as e:
         raise ProfileError(f"{where}: {e}") from e
     return HardwareProfile(
@@ -137,8 +95,7 @@ def parse_profile(name: str, text: str) -> HardwareProfile:
 
 def profile_for_machine(hw: Hardware) -> HardwareProfile:
     """A profile that matches the detected hardware: caps a little under what it has."""
-    ram = round(hw.ram_total_bytes / 2**30 * 0.8, 1)
-    load: dict = {"n_threads": hw.physical_cores, "max_ram_gib": ram}
+    load: dict = {"n_threads": hw.physical_cores, "max_ram_gib": round(hw.ram_total_bytes / 2**30 * 0.8, 1)}
     if hw.gpus:
         load["max_vram_gib"] = round(hw.gpus[0].total_bytes / 2**30 * 0.9, 1)
     gpu = f", {hw.gpus[0].name}" if hw.gpus else ", no GPU"
@@ -149,66 +106,30 @@ def profile_for_machine(hw: Hardware) -> HardwareProfile:
         assumes_vram_gib=round(hw.vram_total_bytes / 2**30, 1) if hw.gpus else None, load=load)
 
 
-class ProfileStore:
+class ProfileStore(PresetFolder[HardwareProfile]):
+    kind = "hardware profile"
+
     def __init__(self, folder: str, settings_path: str):
-        self.folder = folder                # presets/hardware
+        super().__init__(folder, parse_profile, lambda p: p.builtin)
         self.settings_path = settings_path  # user_data/model_settings.json
 
-    def _path(self, name: str) -> str:
-        if not _NAME.match(name or ""):
-            raise ProfileError(f"Profile name {name!r} is not allowed; use letters, digits, spaces, '-', '_' or '.'.")
-        return resolve_inside(self.folder, f"{name}.yaml", "profile")
-
-    def names(self) -> list[str]:
-        if not os.path.isdir(self.folder):
-            return []
-        return sorted(f[:-5] for f in os.listdir(self.folder) if f.endswith(".yaml") and not f.startswith("."))
-
-    def get(self, name: str) -> HardwareProfile:
-        path = self._path(name)
-        if not os.path.isfile(path):
-            raise ProfileError(f"There is no hardware profile {name!r}; choose one of {', '.join(self.names())}.")
-        with open(path, encoding="utf-8") as f:
-            return parse_profile(name, f.read())
-
     def list(self) -> list[dict]:
-        """Every profile, or {"name", "error"} for one that cannot be read (the others still load)."""
-        rows = []
-        for name in self.names():
-            try:
-                p = self.get(name)
-                rows.append({"name": name, "description": p.description, "builtin": p.builtin, "load": p.load})
-            except WorkbenchError as e:
-                rows.append({"name": name, "error": str(e)})
-        return rows
+        """Every profile as a row, or {"name", "error"} for one that cannot be read."""
+        good, bad = self.readable()
+        rows = [{"name": p.name, "description": p.description, "builtin": p.builtin, "load": p.load} for p in good]
+        rows += [{"name": name, "error": error} for name, error in bad.items()]
+        return sorted(rows, key=lambda r: r["name"])
 
     def save(self, name: str, options: LoadOptions, description: str = "",
              assumes_ram_gib: float | None = None, assumes_vram_gib: float | None = None) -> HardwareProfile:
-        path = self._path(name)
-        if self._is_builtin(name):
-            raise ProfileError(f"{name!r} is a shipped profile; save under another name.")
         load = {k: v for k, v in options.to_dict().items() if k in PROFILE_LOAD_KEYS}
         profile = HardwareProfile(name, description, False, assumes_ram_gib, assumes_vram_gib, load)
-        write_text_atomic(path, profile.to_yaml())
+        self.write(name, profile.to_yaml())
         return profile
-
-    def delete(self, name: str) -> None:
-        path = self._path(name)
-        if not os.path.isfile(path):
-            raise ProfileError(f"There is no hardware profile {name!r}.")
-        if self._is_builtin(name):
-            raise ProfileError(f"{name!r} is a shipped profile and cannot be deleted.")
-        os.remove(path)
-
-    def _is_builtin(self, name: str) -> bool:
-        try:
-            return self.get(name).builtin
-        except ProfileError:
-            return False  # missing or unreadable: the user may replace or remove it
 
     def ensure_this_machine(self, hw: Hardware) -> None:
         """Write this-machine.yaml from the hardware if it does not exist yet."""
-        path = self._path(THIS_MACHINE)
+        path = self.path(THIS_MACHINE)
         if not os.path.exists(path):
             write_text_atomic(path, profile_for_machine(hw).to_yaml())
 
@@ -223,8 +144,8 @@ class ProfileStore:
 
     def remember(self, model: str, loader: str, options: LoadOptions) -> None:
         data = self._settings()
-        data[model] = {"loader": loader, "options": {k: v for k, v in options.to_dict().items()
-                                                     if k in PROFILE_LOAD_KEYS}}
+        data[model] = {"loader": loader,
+                       "options": {k: v for k, v in options.to_dict().items() if k in PROFILE_LOAD_KEYS}}
         write_json_atomic(self.settings_path, data)
 
     def last_settings(self, model: str) -> tuple[str, LoadOptions] | None:
@@ -232,6 +153,7 @@ class ProfileStore:
         if not isinstance(entry, dict):
             return None
         try:
-            return entry.get("loader", "auto"), LoadOptions.from_dict({**LoadOptions().to_dict(), **entry.get("options", {})})
-        except WorkbenchError:
+            return entry.get("loader", "auto"), LoadOptions.from_dict({**LoadOptions().to_dict(),
+                                                                       **entry.get("options", {})})
+        except (WorkbenchError, TypeError):
             return None

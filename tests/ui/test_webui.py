@@ -26,13 +26,13 @@ def free_port() -> int:
 
 
 class App:
-    def __init__(self, *args: str, env: dict | None = None, ready: str = "Running on local URL"):
+    def __init__(self, *args: str, env: dict | None = None, ready: str = "Running on local URL", root: str = ROOT):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.proc = subprocess.Popen(
             [sys.executable, "webui.py", "--port", str(self.port), *args], cwd=ROOT,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "WORKBENCH_ROOT": ROOT, **(env or {})},
+            env={**os.environ, "WORKBENCH_ROOT": str(root), **(env or {})},
         )
         self.output: list[str] = []
         deadline = time.time() + 120
@@ -156,3 +156,60 @@ def test_profiles_apply_and_save_through_the_ui(app, tmp_path):
     finally:
         client.predict(name, api_name="/delete_profile")
     assert not os.path.exists(os.path.join(ROOT, "presets", "hardware", f"{name}.yaml"))
+
+
+def scratch_root(tmp_path, sample_gguf):
+    """A workbench root of its own: the sample model linked in, the shipped presets copied."""
+    import shutil
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / SAMPLE_NAME).symlink_to(sample_gguf)
+    shutil.copytree(os.path.join(ROOT, "presets"), tmp_path / "presets",
+                    ignore=shutil.ignore_patterns("this-machine.yaml"))
+    return tmp_path
+
+
+def test_conversation_flow_and_it_survives_a_restart(sample_gguf, tmp_path):
+    root = scratch_root(tmp_path, sample_gguf)
+    app = App("--model", SAMPLE_NAME, root=root)
+    try:
+        client = Client(app.url, verbose=False)
+        client.predict("What is the capital of France?", *CHAT_ARGS, api_name="/chat")
+        chatbot, _, stats, _ = client.predict("And the capital of Germany?", *CHAT_ARGS, api_name="/chat")
+        assert len(chatbot) == 4 and "Berlin" in reply_text(chatbot)
+        assert "reused" in stats
+        chatbot, _, _, _ = client.predict(*CHAT_ARGS, api_name="/regenerate")
+        assert len(chatbot) == 4 and "Berlin" in reply_text(chatbot)
+        chatbot, text = client.predict(api_name="/edit_last")
+        assert len(chatbot) == 2 and text == "And the capital of Germany?"
+        client.predict("Quick title", api_name="/rename_conversation")
+        exported = client.predict(api_name="/export_conversation")
+        assert "# Quick title" in open(exported).read()
+    finally:
+        app.stop()
+    chats = list((root / "user_data" / "chats").glob("*.json"))
+    assert len(chats) == 1
+    app = App(root=root)  # restarted, no model loaded
+    try:
+        client = Client(app.url, verbose=False)
+        chatbot, _, system = client.predict(chats[0].stem, api_name="/open_conversation")
+        assert len(chatbot) == 2 and "Paris" in reply_text(chatbot)
+        assert system == "You are a helpful assistant."
+    finally:
+        app.stop()
+
+
+def test_side_by_side_answers_from_two_workers(sample_gguf, sample_transformers, tmp_path):
+    root = scratch_root(tmp_path, sample_gguf)
+    (root / "models" / "smol-transformers").symlink_to(sample_transformers)
+    app = App("--model", SAMPLE_NAME, root=root)
+    try:
+        client = Client(app.url, verbose=False)
+        assert "transformers" in client.predict("smol-transformers", 1024, api_name="/load_b")
+        a_title, b_title, a_text, b_text, a_stats, b_stats = client.predict(
+            "What is the capital of France?", 0, 24, api_name="/compare")
+        assert SAMPLE_NAME in a_title and "smol-transformers" in b_title
+        assert "Paris" in a_text and "Paris" in b_text
+        assert "tok/s" in a_stats and "worker RAM" in b_stats
+    finally:
+        app.stop()

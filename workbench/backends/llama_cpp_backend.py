@@ -3,8 +3,8 @@
 Runs a lean decode loop on `Llama.generate()` (token ids in, token ids out) rather
 than `create_chat_completion`, which costs about 14% of throughput in its per-token
 bookkeeping. The chat template comes from the GGUF metadata and renders in our
-sandbox (`chat_template.py`). `Llama.generate` reuses the KV cache for the prompt
-prefix that did not change since the last request, so long chats stay fast.
+sandbox (`chat_template.py`). The KV cache of the prompt prefix that did not change
+since the last request is reused, so long chats stay fast.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import os
 import random
 from typing import Callable, Iterator
 
-from ..chat_template import render_chat
+from ..chat_template import prompt_text
 from ..detect import Detection
 from ..errors import GenerationError, LoadError, WorkbenchError, brief
 from ..options import GenerationRequest, LoadOptions
-from ..stop_strings import StopMatcher
 from .base import Backend, Capabilities, DoneEvent, ModelInfo, TokenEvent, physical_cores
+from .decode_loop import run_decode
 
 # llama.cpp ggml type ids for the KV cache.
 _KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}
@@ -101,10 +101,7 @@ class LlamaCppBackend(Backend):
 
     def prompt_tokens(self, request: GenerationRequest) -> list[int]:
         """Token ids of the request's prompt, chat-templated when it has messages."""
-        if request.messages is not None:
-            text = render_chat(request.messages, self.template, self.bos, self.eos)
-        else:
-            text = request.prompt or ""
+        text = prompt_text(request, self.template, self.bos, self.eos)
         add_bos = self.add_bos and not (self.bos and text.startswith(self.bos))
         tokens = self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
         if not tokens:
@@ -125,42 +122,37 @@ class LlamaCppBackend(Backend):
                 "shorten the conversation or load the model with a larger context."
             )
         budget = min(p.max_tokens, n_ctx - len(prompt))
-        cached = _common_prefix(self.llm.input_ids[: self.llm.n_tokens], prompt)
         self.llm.set_seed(p.seed if p.seed is not None else random.randrange(2**31))
         vocab = self.llm._model.vocab
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = StopMatcher(p.stop)
-        n, reason = 0, "length"
         try:
-            for token in self.llm.generate(
-                prompt,
-                top_k=p.top_k,
-                top_p=p.top_p,
-                min_p=p.min_p,
-                temp=p.temperature,
-                repeat_penalty=p.repetition_penalty,
-            ):
-                if llama_cpp.llama_vocab_is_eog(vocab, token):
-                    reason = "stop"
-                    break
-                n += 1
-                text = stops.feed(decoder.decode(self.llm.detokenize([token])))
-                if text or not stops.stopped:
-                    yield TokenEvent(text)
-                if stops.stopped:
-                    reason = "stop"
-                    break
-                if n >= budget:
-                    break
-                if cancelled():
-                    reason = "cancelled"
-                    break
+            cached = self._prefill(prompt)
+            tokens = self.llm.generate(prompt, top_k=p.top_k, top_p=p.top_p, min_p=p.min_p, temp=p.temperature,
+                                       repeat_penalty=p.repetition_penalty)
+            reason, n = yield from run_decode(
+                tokens, lambda t: llama_cpp.llama_vocab_is_eog(vocab, t),
+                lambda t: decoder.decode(self.llm.detokenize([t])), p.stop, budget, cancelled,
+                lambda: decoder.decode(b"", final=True))
         except RuntimeError as e:
             raise GenerationError(f"llama.cpp failed while generating ({brief(e)}); try a shorter prompt or reload the model.") from e
-        tail = stops.flush() + decoder.decode(b"", final=True) if not stops.stopped else ""
-        if tail:
-            yield TokenEvent(tail)
         yield DoneEvent(reason, len(prompt), n, cached)
+
+    def _prefill(self, prompt: list[int]) -> int:
+        """Put all but the last prompt token in the KV cache, reusing the prefix already there.
+
+        `Llama.generate` then evaluates the last token alone, every time, so a replayed prompt
+        computes exactly the same logits (same seed, same text; greedy stays greedy) whether
+        or not it was cached. Returns how many prompt tokens were reused.
+        """
+        llm = self.llm
+        keep = _common_prefix(llm.input_ids[: llm.n_tokens], prompt[:-1])
+        if keep < llm.n_tokens and not llm._ctx.kv_cache_seq_rm(-1, keep, -1):
+            llm.reset()
+            keep = 0
+        llm.n_tokens = keep
+        if len(prompt) - 1 > keep:
+            llm.eval(prompt[keep:-1])
+        return keep
 
     def unload(self) -> None:
         if self.llm is not None:

@@ -13,12 +13,12 @@ import os
 import pickle
 from typing import Callable, Iterator
 
-from ..chat_template import render_chat
+from ..chat_template import prompt_text
 from ..detect import GGUF, Detection
 from ..errors import GenerationError, LoadError, WorkbenchError, brief
 from ..options import GenerationRequest, LoadOptions
-from ..stop_strings import StopMatcher
 from .base import Backend, Capabilities, DoneEvent, ModelInfo, TokenEvent, physical_cores
+from .decode_loop import run_decode
 
 
 class IncrementalDetokenizer:
@@ -180,12 +180,9 @@ class TransformersBackend(Backend):
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def prompt_tokens(self, request: GenerationRequest) -> list[int]:
-        if request.messages is not None:
-            tok = self.tokenizer
-            text = render_chat(request.messages, self.template, tok.bos_token or "", tok.eos_token or "")
-            ids = tok.encode(text, add_special_tokens=False)
-        else:
-            ids = self.tokenizer.encode(request.prompt or "", add_special_tokens=True)
+        tok = self.tokenizer
+        text = prompt_text(request, self.template, tok.bos_token or "", tok.eos_token or "")
+        ids = tok.encode(text, add_special_tokens=request.messages is None)
         if not ids:
             raise WorkbenchError("The prompt is empty; type something first.")
         return ids
@@ -230,10 +227,22 @@ class TransformersBackend(Backend):
         from .torch_sampling import sample_next
 
         device = self._input_device()
-        context = torch.tensor(prompt, dtype=torch.long)
         detok = IncrementalDetokenizer(self.tokenizer)
-        stops = StopMatcher(p.stop)
-        n, reason = 0, "length"
+        seen = list(prompt)  # for the repetition penalty
+        no_history = torch.empty(0, dtype=torch.long)
+
+        def sampled_tokens():
+            """Run the model one token at a time; the consumer stops asking when it is done."""
+            feed = torch.tensor([prompt[-1:]], dtype=torch.long, device=device)
+            while True:
+                out = self.model(input_ids=feed, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                self._cache_ids.extend(feed[0].tolist())
+                history = torch.tensor(seen) if p.repetition_penalty != 1.0 else no_history
+                token = sample_next(out.logits[0, -1].float().cpu(), p, history, generator)
+                yield token
+                seen.append(token)
+                feed = torch.tensor([[token]], dtype=torch.long, device=device)
+
         try:
             with torch.inference_mode():
                 pending = prompt[cached:]
@@ -248,35 +257,11 @@ class TransformersBackend(Backend):
                     if cancelled():
                         yield DoneEvent("cancelled", len(prompt), 0, cached)
                         return
-                feed = torch.tensor([pending[-1:]], dtype=torch.long, device=device)
-                while True:
-                    out = self.model(input_ids=feed, past_key_values=cache, use_cache=True, logits_to_keep=1)
-                    self._cache_ids.extend(feed[0].tolist())
-                    logits = out.logits[0, -1]
-                    token = sample_next(logits.cpu(), p, context, generator)
-                    if token in self._eos:
-                        reason = "stop"
-                        break
-                    n += 1
-                    context = torch.cat([context, torch.tensor([token])])
-                    text = stops.feed(detok.add(token))
-                    if text or not stops.stopped:
-                        yield TokenEvent(text)
-                    if stops.stopped:
-                        reason = "stop"
-                        break
-                    if n >= budget:
-                        break
-                    if cancelled():
-                        reason = "cancelled"
-                        break
-                    feed = torch.tensor([[token]], dtype=torch.long, device=device)
+                reason, n = yield from run_decode(sampled_tokens(), self._eos.__contains__, detok.add, p.stop,
+                                                  budget, cancelled)
         except RuntimeError as e:
             self._cache, self._cache_ids = None, []
             raise GenerationError(f"{self.name} failed while generating ({brief(e)}); try a shorter prompt or reload.") from e
-        tail = stops.flush() if not stops.stopped else ""
-        if tail:
-            yield TokenEvent(tail)
         yield DoneEvent(reason, len(prompt), n, cached)
 
     def unload(self) -> None:

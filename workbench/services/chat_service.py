@@ -1,8 +1,10 @@
-"""ChatService: turns a conversation plus a new user message into a streamed reply.
+"""ChatService: a conversation plus a new message (or regenerate / continue) -> a streamed reply.
 
 Owns how a conversation becomes a generation request (system prompt first, then the
-turns) and the per-reply numbers users see (tokens, tokens/s, time to first token).
-It does not own the model (ModelService) or the screen (ui/chat_tab.py).
+turns), fitting it into the context (the oldest turns are dropped, the system prompt
+stays, and the user is told), saving the conversation before and after each reply, and
+the per-reply numbers users see. It does not own the model (ModelService), the files
+(ConversationStore) or the screen (ui/chat_tab.py).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Iterator
 
 from ..errors import WorkbenchError
 from ..options import GenerationRequest, GenParams
+from .conversations import Conversation, ConversationStore
 from .model_service import ModelService
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
@@ -22,48 +25,103 @@ MAX_MESSAGE_CHARS = 200_000
 @dataclass
 class ReplyChunk:
     text: str                  # the reply so far
-    stats: dict | None = None  # set on the last chunk: tokens, tokens_per_s, ttft_s, finish_reason
+    stats: dict | None = None  # set on the last chunk: tokens, tokens_per_s, ttft_s, finish_reason, ...
 
 
-def build_messages(history: list[dict], user_text: str, system_prompt: str) -> list[dict]:
-    """System prompt (if any), the earlier turns, then the new user message."""
-    if not user_text.strip():
+def check_message(text: str) -> None:
+    if not text or not text.strip():
         raise WorkbenchError("The message is empty; type something first.")
-    if len(user_text) > MAX_MESSAGE_CHARS:
-        raise WorkbenchError(
-            f"The message has {len(user_text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}. Shorten it."
-        )
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
-    messages += [{"role": m["role"], "content": m["content"]} for m in history if m.get("role") in ("user", "assistant")]
-    messages.append({"role": "user", "content": user_text})
-    return messages
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise WorkbenchError(f"The message has {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}. Shorten it.")
+
+
+def with_system(system_prompt: str, turns: list[dict]) -> list[dict]:
+    head = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
+    return head + [{"role": m["role"], "content": m["content"]} for m in turns]
 
 
 class ChatService:
-    def __init__(self, models: ModelService):
+    def __init__(self, models: ModelService, conversations: ConversationStore):
         self.models = models
+        self.conversations = conversations
 
-    def stream_reply(
-        self, history: list[dict], user_text: str, system_prompt: str, params: GenParams
-    ) -> Iterator[ReplyChunk]:
-        """Yield the growing reply; the last chunk carries the stats."""
-        request = GenerationRequest(messages=build_messages(history, user_text, system_prompt), params=params)
-        text = ""
-        for kind, value in self.models.generate(request):
-            if kind == "token":
-                text += value
-                yield ReplyChunk(text)
-            else:
-                yield ReplyChunk(text, value)
+    # --- building the request ---------------------------------------------------------
+    def fit(self, conv: Conversation, params: GenParams, continue_last: bool = False) -> tuple[GenerationRequest, int]:
+        """The request for `conv`, with the oldest turns dropped until prompt + reply fit the context."""
+        n_ctx = self.models.context_size()
+        turns = list(conv.messages)
+        dropped = 0
+        while True:
+            request = GenerationRequest(messages=with_system(conv.system_prompt, turns), params=params,
+                                        continue_last=continue_last)
+            used = self.models.count_prompt_tokens(request)
+            if used + min(params.max_tokens, 256) <= n_ctx or len(turns) <= 1:
+                break
+            cut = 2 if len(turns) > 2 and turns[0]["role"] == "user" and turns[1]["role"] == "assistant" else 1
+            turns, dropped = turns[cut:], dropped + cut
+        if used >= n_ctx:
+            raise WorkbenchError(
+                f"The last message alone takes {used} tokens but the context holds {n_ctx}; shorten it or load "
+                "the model with a larger context."
+            )
+        return request, dropped
+
+    # --- replies ------------------------------------------------------------------------
+    def send(self, conv: Conversation, text: str, params: GenParams) -> Iterator[ReplyChunk]:
+        """Add the user's message, save, stream the reply, save again."""
+        check_message(text)
+        self.models.context_size()  # no model loaded: say so before anything is saved
+        conv.messages.append({"role": "user", "content": text})
+        conv.model = self.models.loaded_name()
+        self.conversations.save(conv)
+        yield from self._reply(conv, params, continue_last=False)
+
+    def regenerate(self, conv: Conversation, params: GenParams) -> Iterator[ReplyChunk]:
+        """Replace the last reply with a new one."""
+        if conv.messages and conv.messages[-1]["role"] == "assistant":
+            conv.messages.pop()
+        if not conv.messages:
+            raise WorkbenchError("There is nothing to regenerate yet; send a message first.")
+        yield from self._reply(conv, params, continue_last=False)
+
+    def continue_reply(self, conv: Conversation, params: GenParams) -> Iterator[ReplyChunk]:
+        """Make the last reply longer."""
+        if not conv.messages or conv.messages[-1]["role"] != "assistant":
+            raise WorkbenchError("There is no reply to continue; send a message first.")
+        yield from self._reply(conv, params, continue_last=True)
+
+    def _reply(self, conv: Conversation, params: GenParams, continue_last: bool) -> Iterator[ReplyChunk]:
+        request, dropped = self.fit(conv, params, continue_last)
+        start = conv.messages[-1]["content"] if continue_last else ""
+        if not continue_last:
+            conv.messages.append({"role": "assistant", "content": ""})
+        text = start
+        try:
+            for kind, value in self.models.generate(request):
+                if kind == "token":
+                    text += value
+                    conv.messages[-1]["content"] = text
+                    yield ReplyChunk(text)
+                else:
+                    stats = dict(value, dropped_messages=dropped, context=self.models.context_size())
+                    stats["conversation_tokens"] = stats["prompt_tokens"] + stats["completion_tokens"]
+                    yield ReplyChunk(text, stats)
+        finally:
+            self.conversations.save(conv)  # whatever came, even after Stop or an error
 
     def stop(self) -> None:
         self.models.cancel()
 
 
 def format_stats(stats: dict) -> str:
-    """One line under a reply: tokens, speed, first-token latency, why it ended."""
+    """One line under a reply: tokens, speed, first-token latency, context use, why it ended."""
     reason = {"stop": "finished", "length": "hit the token limit", "cancelled": "stopped"}.get(
         stats.get("finish_reason"), stats.get("finish_reason", ""))
-    return (f"{stats.get('completion_tokens', 0)} tokens · {stats.get('tokens_per_s', 0):.1f} tok/s · "
-            f"first token {stats.get('ttft_s', 0) * 1000:.0f} ms · prompt {stats.get('prompt_tokens', 0)} tokens"
-            f" ({stats.get('cached_tokens', 0)} reused) · {reason}")
+    line = (f"{stats.get('completion_tokens', 0)} tokens · {stats.get('tokens_per_s', 0):.1f} tok/s · "
+            f"first token {stats.get('ttft_s', 0) * 1000:.0f} ms · prompt {stats.get('prompt_tokens', 0)} tokens "
+            f"({stats.get('cached_tokens', 0)} reused) · context {stats.get('conversation_tokens', 0)}"
+            f"/{stats.get('context', 0)} · {reason}")
+    if stats.get("dropped_messages"):
+        line += (f"  \n**The conversation outgrew the context: the oldest {stats['dropped_messages']} messages "
+                 "were left out of this reply** (the system prompt stays).")
+    return line

@@ -18,7 +18,7 @@ from ..detect import Detection, detect
 from ..errors import NoModelLoaded, WorkbenchError, WorkerDied
 from ..hardware import Hardware, detect_hardware
 from ..options import GenerationRequest, LoadOptions
-from ..paths import Paths, resolve_inside
+from ..paths import Paths, resolve_entry
 from ..plan import MemoryPlan, check_plan, make_plan
 from ..worker import ModelWorker
 
@@ -32,8 +32,9 @@ def describe(detection: Detection) -> dict:
 
 
 class ModelService:
-    def __init__(self, paths: Paths):
+    def __init__(self, paths: Paths, slot: str = "main"):
         self.paths = paths
+        self.slot = slot  # names this service's worker log (a second slot serves the Compare tab)
         self._worker: ModelWorker | None = None
         self._info: dict | None = None
         self._lock = threading.Lock()  # load/unload one at a time
@@ -57,11 +58,8 @@ class ModelService:
         return rows
 
     def resolve_name(self, name: str) -> str:
-        """Path of a model named by a client (browser, API): must stay inside models/."""
-        path = resolve_inside(self.paths.models, name, "model")
-        if not os.path.exists(path):
-            raise WorkbenchError(f"There is no model {name!r} in models/; pick one from the list.")
-        return path
+        """Path of a model named by a client (browser, API): one of the entries of models/."""
+        return resolve_entry(self.paths.models, name, "model")
 
     def locate(self, path_or_name: str) -> str:
         """A path typed by the local user (CLI, --model): as given, or else a name in models/."""
@@ -97,7 +95,7 @@ class ModelService:
             if options.max_ram_gib or options.max_vram_gib:
                 options.weight_budget = {d.device.replace("cuda:", ""): d.weights
                                          for d in plan.devices if d.device != "disk"}
-            worker = ModelWorker(log_path=os.path.join(self.paths.user_data, "logs", "worker.log"))
+            worker = ModelWorker(log_path=os.path.join(self.paths.user_data, "logs", f"worker-{self.slot}.log"))
             try:
                 info = worker.load(spec.name, detection, options)
             except BaseException:

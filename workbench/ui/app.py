@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ..generation_presets import GenerationPresetStore
 from ..options import LoadOptions
 from ..profiles import ProfileStore
 from ..services.chat_service import ChatService
 from ..services.model_service import ModelService
+from ..services.compare_service import CompareService
 from .chat_tab import build_chat_tab
+from .compare_tab import build_compare_tab
 from .model_tab import build_model_tab
 
 
-def build_app(models: ModelService, chat: ChatService, profiles: ProfileStore, load_defaults: LoadOptions,
+def build_app(models: ModelService, chat: ChatService, compare: CompareService, profiles: ProfileStore,
+              presets: GenerationPresetStore, load_defaults: LoadOptions, export_folder: str,
               loader: str = "auto") -> gr.Blocks:
     with gr.Blocks(title="Model Workbench") as app:
         gr.Markdown("## Model Workbench")
-        build_chat_tab(chat)
+        build_chat_tab(chat, presets, export_folder)
         build_model_tab(models, profiles, load_defaults, loader)
+        build_compare_tab(compare)
     return app

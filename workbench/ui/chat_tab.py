@@ -1,66 +1,206 @@
-"""Chat tab: streaming chat with the loaded model, Stop, sampling settings.
+"""Chat tab: streaming chat, Stop, Regenerate, Continue, Edit last, Delete last turn,
+saved conversations (open, rename, delete, export) and generation presets.
 
-Layout and wiring only: the conversation lives in a `gr.State` as plain
-{"role", "content"} dicts; ChatService builds the request and streams the reply.
+Layout and wiring only. The open conversation is an id in a `gr.State`; every action
+reads it from the ConversationStore and ChatService saves it, so nothing lives only in
+the browser.
 """
 
 from __future__ import annotations
 
+import os
+
 import gradio as gr
 
 from ..errors import WorkbenchError
+from ..generation_presets import GenerationPresetStore
 from ..options import GenParams
 from ..services.chat_service import DEFAULT_SYSTEM_PROMPT, ChatService, format_stats
+from ..services.conversations import Conversation
 
 
-def build_chat_tab(chat: ChatService) -> None:
+def conversation_choices(chat: ChatService) -> list[tuple[str, str]]:
+    rows, errors = chat.conversations.list()
+    for error in errors:
+        gr.Warning(error)
+    return [(f"{r['title']} ({r['turns']} messages)", r["id"]) for r in rows]
+
+
+def params_from(temp, top_p, top_k, min_p, rep, max_new, seed) -> GenParams:
+    return GenParams(max_tokens=int(max_new), temperature=float(temp), top_p=float(top_p), top_k=int(top_k),
+                     min_p=float(min_p), repetition_penalty=float(rep),
+                     seed=None if seed is None or seed < 0 else int(seed)).validate()
+
+
+def sliders_from(p: GenParams) -> list:
+    return [p.temperature, p.top_p, p.top_k, p.min_p, p.repetition_penalty, p.max_tokens,
+            -1 if p.seed is None else p.seed]
+
+
+def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_folder: str) -> None:
+    balanced = presets.get("Balanced").gen_params() if "Balanced" in presets.names() else GenParams()
     with gr.Tab("Chat"):
-        chatbot = gr.Chatbot(label="Conversation", height=480)
-        history = gr.State([])
+        conv_id = gr.State(None)
         with gr.Row():
-            message = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, scale=8, lines=2)
-            send = gr.Button("Send", variant="primary", scale=1)
-            stop = gr.Button("Stop", scale=1)
-        stats = gr.Markdown()
-        new_chat = gr.Button("New chat")
-        with gr.Accordion("Settings", open=False):
-            system = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=2)
-            with gr.Row():
-                temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature", info="0 = greedy")
-                top_p = gr.Slider(0.05, 1, value=0.95, step=0.01, label="top_p")
-                top_k = gr.Slider(0, 200, value=40, step=1, label="top_k", info="0 = off")
-                min_p = gr.Slider(0, 0.5, value=0.05, step=0.01, label="min_p")
-            with gr.Row():
-                repetition_penalty = gr.Slider(0.8, 2, value=1.0, step=0.01, label="Repetition penalty")
-                max_tokens = gr.Slider(1, 4096, value=512, step=1, label="Max new tokens")
-                seed = gr.Number(-1, precision=0, label="Seed", info="-1 = random")
+            with gr.Column(scale=1, min_width=220):
+                conversations = gr.Dropdown(conversation_choices(chat), value=None, label="Saved conversations")
+                new_chat = gr.Button("New chat")
+                title = gr.Textbox(label="Title", placeholder="rename the open conversation")
+                rename = gr.Button("Rename")
+                delete = gr.Button("Delete conversation", variant="stop")
+                export = gr.Button("Export as Markdown")
+                exported = gr.File(label="Export", interactive=False)
+            with gr.Column(scale=4):
+                chatbot = gr.Chatbot(label="Conversation", height=460)
+                with gr.Row():
+                    message = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, scale=8,
+                                         lines=2)
+                    send = gr.Button("Send", variant="primary", scale=1)
+                    stop = gr.Button("Stop", scale=1)
+                with gr.Row():
+                    regenerate = gr.Button("Regenerate")
+                    cont = gr.Button("Continue")
+                    edit_last = gr.Button("Edit last message")
+                    delete_last = gr.Button("Delete last turn")
+                stats = gr.Markdown()
+                with gr.Accordion("Settings", open=False):
+                    system = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=2)
+                    with gr.Row():
+                        preset = gr.Dropdown(presets.names(), value=None, label="Generation preset", scale=2)
+                        apply_preset = gr.Button("Apply", scale=1)
+                        preset_name = gr.Textbox(label="Save settings as", scale=2)
+                        save_preset = gr.Button("Save preset", scale=1)
+                        delete_preset = gr.Button("Delete preset", scale=1)
+                    with gr.Row():
+                        temperature = gr.Slider(0, 2, value=balanced.temperature, step=0.05, label="Temperature",
+                                                info="0 = greedy")
+                        top_p = gr.Slider(0.05, 1, value=balanced.top_p, step=0.01, label="top_p")
+                        top_k = gr.Slider(0, 200, value=balanced.top_k, step=1, label="top_k", info="0 = off")
+                        min_p = gr.Slider(0, 0.5, value=balanced.min_p, step=0.01, label="min_p")
+                    with gr.Row():
+                        repetition_penalty = gr.Slider(0.8, 2, value=balanced.repetition_penalty, step=0.01,
+                                                       label="Repetition penalty")
+                        max_tokens = gr.Slider(1, 4096, value=balanced.max_tokens, step=1, label="Max new tokens")
+                        seed = gr.Number(-1, precision=0, label="Seed", info="-1 = random")
+    sliders = [temperature, top_p, top_k, min_p, repetition_penalty, max_tokens, seed]
 
-    def respond(user_text, turns, system_prompt, temp, p, k, mp, rep, max_new, seed_value):
+    def open_or_new(cid: str | None, system_prompt: str) -> Conversation:
+        conv = chat.conversations.get(cid) if cid else chat.conversations.new(system_prompt)
+        conv.system_prompt = system_prompt
+        return conv
+
+    def stream(action, cid, system_prompt, text, *values):
+        """Run one of send/regenerate/continue and stream (chatbot, box, stats, id, list) updates."""
         try:
-            params = GenParams(max_tokens=int(max_new), temperature=float(temp), top_p=float(p), top_k=int(k),
-                               min_p=float(mp), repetition_penalty=float(rep),
-                               seed=None if seed_value is None or seed_value < 0 else int(seed_value)).validate()
-            stream = chat.stream_reply(turns, user_text, system_prompt, params)
-            first = next(stream)  # errors (no model, empty message) surface before the box is cleared
+            conv = open_or_new(cid, system_prompt)
+            params = params_from(*values)
+            if action == "send":
+                chunks = chat.send(conv, text, params)
+            elif action == "regenerate":
+                chunks = chat.regenerate(conv, params)
+            else:
+                chunks = chat.continue_reply(conv, params)
+            first = next(chunks)  # errors (no model, empty message) surface before the box is cleared
         except WorkbenchError as e:
             raise gr.Error(str(e))
-        shown = turns + [{"role": "user", "content": user_text}, {"role": "assistant", "content": first.text}]
         line = format_stats(first.stats) if first.stats else ""
-        yield shown, "", line, turns
+        yield conv.messages, "", line, conv.id, gr.update(choices=conversation_choices(chat), value=conv.id)
         try:
-            for chunk in stream:
-                shown[-1]["content"] = chunk.text
+            for chunk in chunks:
                 if chunk.stats:
                     line = format_stats(chunk.stats)
-                yield shown, gr.skip(), line, gr.skip()
+                yield conv.messages, gr.skip(), line, gr.skip(), gr.skip()
         except WorkbenchError as e:
-            yield shown, gr.skip(), f"**Error:** {e}", turns
-            return
-        yield shown, gr.skip(), line, shown
+            yield conv.messages, gr.skip(), f"**Error:** {e}", gr.skip(), gr.skip()
 
-    inputs = [message, history, system, temperature, top_p, top_k, min_p, repetition_penalty, max_tokens, seed]
-    outputs = [chatbot, message, stats, history]
-    send.click(respond, inputs, outputs, api_name="chat")
-    message.submit(respond, inputs, outputs, api_visibility="private")
+    def on_send(text, cid, system_prompt, *values):
+        yield from stream("send", cid, system_prompt, text, *values)
+
+    def on_regenerate(cid, system_prompt, *values):
+        yield from stream("regenerate", cid, system_prompt, "", *values)
+
+    def on_continue(cid, system_prompt, *values):
+        yield from stream("continue", cid, system_prompt, "", *values)
+
+    def on_open(cid):
+        if not cid:
+            return [], None, "", gr.skip()
+        try:
+            conv = chat.conversations.get(cid)
+        except WorkbenchError as e:
+            raise gr.Error(str(e))
+        return conv.messages, conv.id, "", conv.system_prompt or DEFAULT_SYSTEM_PROMPT
+
+    def on_new():
+        return [], None, "", gr.update(choices=conversation_choices(chat), value=None)
+
+    def trimmed(cid, keep_last_user: bool):
+        """Drop the last exchange; return (messages, the user's text for editing)."""
+        if not cid:
+            raise gr.Error("No conversation is open.")
+        conv = chat.conversations.get(cid)
+        text = ""
+        while conv.messages and conv.messages[-1]["role"] == "assistant":
+            conv.messages.pop()
+        if conv.messages:
+            text = conv.messages.pop()["content"]
+        chat.conversations.save(conv)
+        return conv.messages, text if keep_last_user else gr.skip()
+
+    def on_rename(cid, new_title):
+        try:
+            chat.conversations.rename(cid, new_title) if cid else None
+        except WorkbenchError as e:
+            raise gr.Error(str(e))
+        return gr.update(choices=conversation_choices(chat), value=cid), ""
+
+    def on_delete(cid):
+        if cid:
+            try:
+                chat.conversations.delete(cid)
+            except WorkbenchError as e:
+                raise gr.Error(str(e))
+        return [], None, gr.update(choices=conversation_choices(chat), value=None)
+
+    def on_export(cid):
+        if not cid:
+            raise gr.Error("No conversation is open.")
+        return chat.conversations.export_markdown(cid, export_folder)
+
+    def on_apply_preset(name):
+        try:
+            return sliders_from(presets.get(name).gen_params())
+        except WorkbenchError as e:
+            raise gr.Error(str(e))
+
+    def on_save_preset(name, *values):
+        try:
+            presets.save(name, params_from(*values), "Saved from the Chat tab.")
+        except WorkbenchError as e:
+            raise gr.Error(str(e))
+        return gr.update(choices=presets.names(), value=name)
+
+    def on_delete_preset(name):
+        try:
+            presets.delete(name)
+        except WorkbenchError as e:
+            raise gr.Error(str(e))
+        return gr.update(choices=presets.names(), value=None)
+
+    outputs = [chatbot, message, stats, conv_id, conversations]
+    send.click(on_send, [message, conv_id, system, *sliders], outputs, api_name="chat")
+    message.submit(on_send, [message, conv_id, system, *sliders], outputs, api_visibility="private")
+    regenerate.click(on_regenerate, [conv_id, system, *sliders], outputs, api_name="regenerate")
+    cont.click(on_continue, [conv_id, system, *sliders], outputs, api_name="continue")
     stop.click(chat.stop, None, None, api_name="stop", queue=False)
-    new_chat.click(lambda: ([], [], ""), None, [chatbot, history, stats], api_name="new_chat")
+    edit_last.click(lambda cid: trimmed(cid, True), conv_id, [chatbot, message], api_name="edit_last")
+    delete_last.click(lambda cid: trimmed(cid, False)[0], conv_id, chatbot, api_name="delete_last")
+    conversations.input(on_open, conversations, [chatbot, conv_id, stats, system], api_name="open_conversation")
+    new_chat.click(on_new, None, [chatbot, conv_id, stats, conversations], api_name="new_chat")
+    rename.click(on_rename, [conv_id, title], [conversations, title], api_name="rename_conversation")
+    delete.click(on_delete, conv_id, [chatbot, conv_id, conversations], api_name="delete_conversation")
+    export.click(on_export, conv_id, exported, api_name="export_conversation")
+    apply_preset.click(on_apply_preset, preset, sliders, api_name="apply_preset")
+    save_preset.click(on_save_preset, [preset_name, *sliders], preset, api_name="save_preset")
+    delete_preset.click(on_delete_preset, preset, preset, api_name="delete_preset")
+    os.makedirs(export_folder, exist_ok=True)

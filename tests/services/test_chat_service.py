@@ -1,0 +1,73 @@
+"""ChatService on the real sample model: saving, regenerate, continue, context overflow, cache reuse."""
+
+from __future__ import annotations
+
+import pytest
+
+from workbench.errors import NoModelLoaded
+from workbench.options import GenParams, LoadOptions
+from workbench.paths import Paths
+from workbench.services.chat_service import ChatService, format_stats
+from workbench.services.conversations import ConversationStore
+from workbench.services.model_service import ModelService
+
+GREEDY = GenParams(temperature=0, max_tokens=24)
+
+
+@pytest.fixture(scope="module")
+def chat(sample_gguf, tmp_path_factory):
+    root = tmp_path_factory.mktemp("chat")
+    models = ModelService(Paths(str(root)))
+    models.load(sample_gguf, options=LoadOptions(n_ctx=512))
+    yield ChatService(models, ConversationStore(str(root / "chats")))
+    models.close()
+
+
+def last(chunks):
+    *_, final = list(chunks)
+    return final
+
+
+def test_reply_is_saved_with_the_question_and_the_cache_is_reused(chat):
+    conv = chat.conversations.new("You are a helpful assistant.")
+    first = last(chat.send(conv, "What is the capital of France?", GREEDY))
+    assert "Paris" in first.text and first.stats["finish_reason"] == "stop"
+    saved = chat.conversations.get(conv.id)
+    assert [m["role"] for m in saved.messages] == ["user", "assistant"] and "Paris" in saved.messages[1]["content"]
+    second = last(chat.send(conv, "And what is the capital of Germany?", GREEDY))
+    assert "Berlin" in second.text
+    assert second.stats["cached_tokens"] >= first.stats["prompt_tokens"]  # turn 1 was not computed again
+    assert len(chat.conversations.get(conv.id).messages) == 4
+
+
+def test_regenerate_replaces_and_continue_extends(chat):
+    conv = chat.conversations.new("You are a helpful assistant.")
+    short = last(chat.send(conv, "Write a long story about a cat.", GenParams(temperature=0, max_tokens=6)))
+    assert short.stats["finish_reason"] == "length"
+    longer = last(chat.continue_reply(conv, GenParams(temperature=0, max_tokens=6)))
+    assert longer.text.startswith(short.text) and len(longer.text) > len(short.text)
+    again = last(chat.regenerate(conv, GenParams(temperature=0, max_tokens=6)))
+    assert again.text == short.text  # greedy: the same first reply again
+    assert len(chat.conversations.get(conv.id).messages) == 2
+
+
+def test_overflowing_conversation_drops_oldest_turns_keeps_system_prompt(chat):
+    conv = chat.conversations.new("You are a helpful assistant.")
+    for i in range(6):
+        conv.messages += [{"role": "user", "content": f"Remember fact {i}: " + "blue " * 40},
+                          {"role": "assistant", "content": "Noted. " * 20}]
+    chat.conversations.save(conv)
+    request, dropped = chat.fit(conv, GenParams(max_tokens=64))
+    assert dropped >= 2 and request.messages[0] == {"role": "system", "content": "You are a helpful assistant."}
+    final = last(chat.send(conv, "What color?", GenParams(temperature=0, max_tokens=16)))
+    assert final.stats["dropped_messages"] >= 2
+    assert "outgrew the context" in format_stats(final.stats)
+    assert len(chat.conversations.get(conv.id).messages) == 14  # nothing dropped from the saved chat
+
+
+def test_no_model_is_reported_before_anything_is_saved(tmp_path):
+    chat = ChatService(ModelService(Paths(str(tmp_path))), ConversationStore(str(tmp_path / "chats")))
+    conv = chat.conversations.new()
+    with pytest.raises(NoModelLoaded):
+        last(chat.send(conv, "Hello", GREEDY))
+    assert chat.conversations.list() == ([], [])

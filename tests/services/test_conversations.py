@@ -1,0 +1,91 @@
+"""Conversation store: round trip, listing, corrupt files, safe ids, atomic saves under kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT
+from workbench.services.conversations import ConversationError, ConversationStore
+
+
+@pytest.fixture
+def store(tmp_path):
+    return ConversationStore(str(tmp_path / "chats"))
+
+
+def test_round_trip_list_rename_delete_export(store, tmp_path):
+    a = store.new("Be brief.")
+    a.messages += [{"role": "user", "content": "Hi there, who are you?"}, {"role": "assistant", "content": "A model."}]
+    store.save(a)
+    time.sleep(0.01)
+    b = store.new()
+    b.messages.append({"role": "user", "content": "Second chat"})
+    store.save(b)
+    rows, errors = store.list()
+    assert [r["id"] for r in rows] == [b.id, a.id] and not errors
+    assert rows[1]["title"] == "Hi there, who are you?" and rows[1]["turns"] == 2
+    assert store.get(a.id).system_prompt == "Be brief."
+    store.rename(a.id, "  Greetings  ")
+    assert store.get(a.id).title == "Greetings"
+    md = open(store.export_markdown(a.id, str(tmp_path / "exports"))).read()
+    assert "# Greetings" in md and "**Assistant:**" in md and "A model." in md
+    store.delete(b.id)
+    assert [r["id"] for r in store.list()[0]] == [a.id]
+
+
+def test_corrupt_file_is_reported_and_skipped(store):
+    good = store.new()
+    good.messages.append({"role": "user", "content": "fine"})
+    store.save(good)
+    bad = store.new()
+    store.save(bad)
+    with open(store._path(bad.id), "w") as f:
+        f.write('{"id": "x", "messages": [')
+    rows, errors = store.list()
+    assert [r["id"] for r in rows] == [good.id]
+    assert len(errors) == 1 and "damaged" in errors[0]
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "/tmp/x", "20240101-000000-zzzzzz", "", None])
+def test_ids_from_clients_cannot_be_paths(store, bad):
+    with pytest.raises(ConversationError):
+        store.get(bad)
+
+
+KILLED_WRITER = """
+import sys
+sys.path.insert(0, {root!r})
+from workbench.services.conversations import ConversationStore
+store = ConversationStore({folder!r})
+conv = store.get({cid!r})
+i = 0
+while True:
+    i += 1
+    conv.messages = [{{"role": "user", "content": "x" * 200000 + str(i)}}]
+    store.save(conv)
+"""
+
+
+def test_kill_9_during_saves_never_leaves_a_broken_file(store):
+    conv = store.new()
+    conv.messages.append({"role": "user", "content": "original"})
+    store.save(conv)
+    code = KILLED_WRITER.format(root=ROOT, folder=store.folder, cid=conv.id)
+    for delay in (0.3, 0.45, 0.6, 0.75):
+        proc = subprocess.Popen([sys.executable, "-c", code])
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        with open(store._path(conv.id)) as f:
+            data = json.load(f)  # always a whole file: the old one or a new one
+        assert data["id"] == conv.id and len(data["messages"]) == 1
+    leftovers = [f for f in os.listdir(store.folder) if f.startswith(".tmp-")]
+    assert all(os.path.getsize(os.path.join(store.folder, f)) >= 0 for f in leftovers)  # temp files never replace
+    assert store.list()[0][0]["id"] == conv.id

@@ -1,0 +1,58 @@
+"""Side by side: one prompt to two loaded models at once, each in its own worker.
+
+Owns running the two generations concurrently and merging their events into one
+stream, so a user sees what a quantization costs (e.g. the GGUF beside the GPTQ form of
+the same model) in text, speed and memory. The models are two ModelService slots.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterator
+
+from ..errors import WorkbenchError
+from ..options import GenerationRequest, GenParams
+from .model_service import ModelService
+
+SIDES = ("a", "b")
+
+
+class CompareService:
+    def __init__(self, a: ModelService, b: ModelService):
+        self.slots = {"a": a, "b": b}
+
+    def stream(self, messages: list[dict], params: GenParams) -> Iterator[tuple[str, str, object]]:
+        """Yield (side, "token"|"done"|"error", value) as either model produces it."""
+        for side, service in self.slots.items():
+            if service.loaded_name() is None:
+                raise WorkbenchError(f"Model {side.upper()} is not loaded; load both models first.")
+        events: queue.Queue = queue.Queue()
+
+        def run(side: str, service: ModelService) -> None:
+            try:
+                for kind, value in service.generate(GenerationRequest(messages=messages, params=params)):
+                    events.put((side, kind, value))
+            except WorkbenchError as e:
+                events.put((side, "error", str(e)))
+            finally:
+                events.put((side, "end", None))
+
+        threads = [threading.Thread(target=run, args=(side, s), daemon=True) for side, s in self.slots.items()]
+        for t in threads:
+            t.start()
+        running = len(threads)
+        while running:
+            side, kind, value = events.get()
+            if kind == "end":
+                running -= 1
+            else:
+                yield side, kind, value
+
+    def stop(self) -> None:
+        for service in self.slots.values():
+            service.cancel()
+
+    def memory(self, side: str) -> int | None:
+        """Live RSS of that side's worker, in bytes."""
+        return self.slots[side].status().get("worker_rss_bytes")
