@@ -37,20 +37,23 @@ def test_llama_plan_grows_with_context_by_the_kv_cache(sample_gguf):
 
 
 def test_impossible_llama_load_is_refused_with_numbers_and_a_fix(sample_gguf):
-    plan = make_plan(detect(sample_gguf), "llama.cpp", LoadOptions(n_ctx=8192, max_ram_gib=0.3), CPU_BOX)
+    plan = make_plan(detect(sample_gguf), "llama.cpp", LoadOptions(n_ctx=8192, max_ram_gib=0.25), CPU_BOX)
     assert not plan.fits
     with pytest.raises(PlanRefused) as e:
         check_plan(plan)
     msg = str(e.value)
-    assert "needs 0.5" in msg and "cap is 0.30 GiB" in msg
+    need = plan.device("cpu").model_bytes / GiB
+    assert f"needs {need:.2f} GiB RAM, cap is 0.25 GiB" in msg
     assert f"lower context to {plan.max_n_ctx}" in msg and "raise the cap" in msg
-    assert make_plan(detect(sample_gguf), "llama.cpp", LoadOptions(n_ctx=plan.max_n_ctx, max_ram_gib=0.3), CPU_BOX).fits
+    assert make_plan(detect(sample_gguf), "llama.cpp", LoadOptions(n_ctx=plan.max_n_ctx, max_ram_gib=0.25), CPU_BOX).fits
+    no_flash = make_plan(detect(sample_gguf), "llama.cpp", LoadOptions(n_ctx=8192, flash_attn=False), CPU_BOX)
+    assert no_flash.device("cpu").compute > 2 * plan.device("cpu").compute  # the full KQ matrix
 
 
 def test_service_refuses_before_starting_a_worker(sample_gguf, workbench_root):
     service = ModelService(Paths(str(workbench_root)))
     with pytest.raises(PlanRefused, match="raise the cap"):
-        service.load(sample_gguf, options=LoadOptions(n_ctx=8192, max_ram_gib=0.3))
+        service.load(sample_gguf, options=LoadOptions(n_ctx=8192, max_ram_gib=0.2))
     assert service.worker_pid() is None
 
 
@@ -58,11 +61,11 @@ def test_gpu_auto_layers_fill_the_vram_cap(sample_gguf):
     d = detect(sample_gguf)
     full = make_plan(d, "llama.cpp", LoadOptions(n_ctx=4096), GPU_BOX)
     assert full.n_gpu_layers == 31 and full.device("cuda:0").layers == 30  # all layers plus the output head
-    capped = make_plan(d, "llama.cpp", LoadOptions(n_ctx=4096, max_vram_gib=0.2), GPU_BOX)
+    capped = make_plan(d, "llama.cpp", LoadOptions(n_ctx=4096, max_vram_gib=0.12), GPU_BOX)
     gpu, cpu = capped.device("cuda:0"), capped.device("cpu")
     assert 0 < gpu.layers < 30 and gpu.layers + cpu.layers == 30
-    assert gpu.model_bytes <= 0.2 * GiB
-    forced = make_plan(d, "llama.cpp", LoadOptions(n_ctx=4096, n_gpu_layers=31, max_vram_gib=0.15), GPU_BOX)
+    assert gpu.model_bytes <= 0.12 * GiB
+    forced = make_plan(d, "llama.cpp", LoadOptions(n_ctx=4096, n_gpu_layers=31, max_vram_gib=0.1), GPU_BOX)
     assert not forced.fits and "VRAM on cuda:0" in forced.problems[0]
 
 

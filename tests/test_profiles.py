@@ -105,5 +105,5 @@ def test_plan_cli_with_profile(sample_gguf):
     plan = json.loads(result.stdout)
     assert plan["n_ctx"] == 4096 and plan["fits"]
     assert plan["devices"][0]["cap"] == 6 * 2**30
-    refused = run_cli("plan", sample_gguf, "--n-ctx", "8192", "--max-ram", "0.3")
+    refused = run_cli("plan", sample_gguf, "--n-ctx", "8192", "--max-ram", "0.2")
     assert refused.returncode == 1 and "DOES NOT FIT" in refused.stdout

@@ -28,7 +28,8 @@ def add_load_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
     g.add_argument("--no-mmap", action="store_true", help="llama.cpp: read the file instead of mapping it")
     g.add_argument("--mlock", action="store_true", help="llama.cpp: lock the weights in RAM")
-    g.add_argument("--flash-attn", action="store_true", help="llama.cpp flash attention")
+    g.add_argument("--flash-attn", action=argparse.BooleanOptionalAction, default=None,
+                   help="llama.cpp flash attention (default on: faster and smaller on CPU)")
     g.add_argument("--cache-type", choices=KV_CACHE_TYPES, help="llama.cpp KV cache type")
     g.add_argument("--dtype", choices=DTYPES, help="Transformers weights dtype")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), help="Transformers/GPTQ device")
@@ -53,9 +54,11 @@ def load_options_from_args(args: argparse.Namespace, paths=None) -> LoadOptions:
         if value is not None:
             setattr(opts, field_name, value)
     for flag, field_name, value in (("no_mmap", "use_mmap", False), ("mlock", "use_mlock", True),
-                                    ("flash_attn", "flash_attn", True), ("trust_pickle", "trust_pickle", True)):
+                                    ("trust_pickle", "trust_pickle", True)):
         if getattr(args, flag):
             setattr(opts, field_name, value)
+    if args.flash_attn is not None:
+        opts.flash_attn = args.flash_attn
     return opts.validate()
 
 

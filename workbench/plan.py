@@ -24,9 +24,10 @@ KV_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 # Calibrated on the sample model (see module docstring).
 LLAMA_PROCESS = 46 * MiB          # python + llama_cpp + workbench in the worker
 LLAMA_PER_VOCAB = 500             # tokenizer tables and output buffers, bytes per vocab entry
-LLAMA_COMPUTE_BASE = 5 * MiB      # activations for one micro-batch
+LLAMA_COMPUTE_BASE = 5 * MiB      # activations for one micro-batch, without flash attention
 LLAMA_KQ_BYTES = 6.4              # per (context x micro-batch x head) without flash attention
-LLAMA_FLASH_KQ_BYTES = 0.5        # the same with flash attention (no full KQ matrix)
+LLAMA_FLASH_COMPUTE_BASE = 12.5 * MiB  # the same two with flash attention (no full KQ matrix)
+LLAMA_FLASH_KQ_BYTES = 0.32
 CUDA_CONTEXT = 300 * MiB          # CUDA runtime per GPU
 TORCH_PROCESS = 175 * MiB         # python + torch + transformers in the worker
 GPTQ_PROCESS = 597 * MiB          # the same plus gptqmodel, torchao and its kernels
@@ -146,8 +147,9 @@ def _plan_llama(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx:
     layer_bytes, embed_bytes, output_bytes = _gguf_layer_bytes(detection)
     kv_layer = _kv_per_token_per_layer(detection, KV_BYTES[options.cache_type]) * n_ctx
     n_ubatch = min(options.n_batch, 512)
-    kq = LLAMA_FLASH_KQ_BYTES if options.flash_attn else LLAMA_KQ_BYTES
-    compute = int(LLAMA_COMPUTE_BASE + kq * n_ctx * n_ubatch * (detection.n_heads or 1))
+    base, kq = ((LLAMA_FLASH_COMPUTE_BASE, LLAMA_FLASH_KQ_BYTES) if options.flash_attn
+                else (LLAMA_COMPUTE_BASE, LLAMA_KQ_BYTES))
+    compute = int(base + kq * n_ctx * n_ubatch * (detection.n_heads or 1))
     cap, source = _ram_cap(options, hw)
     cpu = DevicePlan("cpu", cap=cap, cap_source=source, runtime=LLAMA_PROCESS)
     vocab_buffers = LLAMA_PER_VOCAB * (detection.vocab_size or 32000)

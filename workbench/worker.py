@@ -27,6 +27,7 @@ from .errors import WorkbenchError, WorkerDied, brief
 from .options import GenerationRequest, LoadOptions
 
 _CTX = mp.get_context("spawn")
+STREAM_COALESCE_S = 0.02
 
 
 def _peak_rss_bytes() -> int:
@@ -63,6 +64,43 @@ def _redirect_output(log_path: str) -> None:
     os.close(fd)
 
 
+def _stream(conn, backend, request: GenerationRequest, cancel_event) -> None:
+    """Run one generation, sending text as it comes, then the stats.
+
+    Text made within STREAM_COALESCE_S of the last send goes out with the next send: on a
+    small machine each wake-up of the app process steals a core from the engine's threads,
+    and a screen cannot show more than a few dozen updates a second anyway. The first
+    token always goes out at once, and a model slower than that interval streams token by token.
+    """
+    cancel_event.clear()
+    started = time.perf_counter()
+    first, last_send, pending = None, 0.0, []
+    for event in backend.generate(request, cancel_event.is_set):
+        now = time.perf_counter()
+        if isinstance(event, DoneEvent):
+            if pending:
+                conn.send(("token", "".join(pending)))
+            decode_s = now - first if first is not None else 0.0
+            conn.send(("done", {
+                "finish_reason": event.finish_reason,
+                "prompt_tokens": event.prompt_tokens,
+                "completion_tokens": event.completion_tokens,
+                "cached_tokens": event.cached_tokens,
+                "ttft_s": (first - started) if first is not None else now - started,
+                "total_s": now - started,
+                # tokens after the first, over the time after the first
+                "tokens_per_s": (event.completion_tokens - 1) / decode_s if decode_s > 0 else 0.0,
+            }))
+            return
+        if first is None:
+            first = now
+        pending.append(event.text)
+        if now - last_send >= STREAM_COALESCE_S:
+            conn.send(("token", "".join(pending)))
+            pending.clear()
+            last_send = now
+
+
 def _worker_main(conn, cancel_event, log_path: str | None) -> None:
     """Child process loop: serve requests until shutdown or the pipe closes."""
     from .backends.registry import load_backend_class
@@ -93,28 +131,7 @@ def _worker_main(conn, cancel_event, log_path: str | None) -> None:
                 result["memory"] = _memory()
                 conn.send(("ok", result))
             elif kind == "generate":
-                cancel_event.clear()
-                request = GenerationRequest.from_dict(msg[1])
-                started = time.perf_counter()
-                first = None
-                for event in backend.generate(request, cancel_event.is_set):
-                    if isinstance(event, DoneEvent):
-                        now = time.perf_counter()
-                        decode_s = now - first if first is not None else 0.0
-                        conn.send(("done", {
-                            "finish_reason": event.finish_reason,
-                            "prompt_tokens": event.prompt_tokens,
-                            "completion_tokens": event.completion_tokens,
-                            "cached_tokens": event.cached_tokens,
-                            "ttft_s": (first - started) if first is not None else now - started,
-                            "total_s": now - started,
-                            # tokens after the first, over the time after the first
-                            "tokens_per_s": (event.completion_tokens - 1) / decode_s if decode_s > 0 else 0.0,
-                        }))
-                    else:
-                        if first is None:
-                            first = time.perf_counter()
-                        conn.send(("token", event.text))
+                _stream(conn, backend, GenerationRequest.from_dict(msg[1]), cancel_event)
             elif kind == "tokenize":
                 conn.send(("ok", backend.tokenize(msg[1])))
             elif kind == "count":
@@ -201,7 +218,7 @@ class ModelWorker:
         return self._call(("memory",))
 
     def generate(self, request: GenerationRequest) -> Iterator[tuple[str, object]]:
-        """Yield ("token", text) per token, then ("done", stats). Raises WorkbenchError on failure."""
+        """Yield ("token", text) as text comes (a token, or a few when they come fast), then ("done", stats)."""
         with self._lock:
             self._send(("generate", request.to_dict()))
             finished = False
