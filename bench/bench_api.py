@@ -1,8 +1,9 @@
 """API speed: the workbench's OpenAI-compatible API against the raw library, in one run.
 
 Measures, on the sample GGUF with greedy settings:
-  - streaming tokens/s and time to first token through the API with 1 and 4 concurrent
-    clients, against llama-cpp-python's own token loop in this process;
+  - streaming tokens/s and time to first token through the API (1 client), against
+    llama-cpp-python's own token loop in this process, in interleaved rounds;
+  - 4 concurrent clients: aggregate tokens/s, and that every answer is complete;
   - time to first token over a 20-turn conversation (the prompt cache keeps it flat);
   - the same streaming request against llama.cpp's `llama-server` when --llama-server is given.
 Prints JSON and writes bench/results/api.json.
@@ -26,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.bench_generate import MESSAGES, raw_llama, run_llama_server  # noqa: E402
+from bench.bench_generate import MESSAGES, LlamaServer, RawLlama  # noqa: E402
 
 KEY = "bench-key"
 
@@ -38,27 +39,30 @@ def free_port() -> int:
 
 
 def stream_chat(base: str, messages: list[dict], tokens: int, key: str | None = KEY) -> dict:
+    """One streamed chat completion; tokens counted from the usage the server reports."""
     body = json.dumps({"model": "x", "messages": messages, "max_tokens": tokens, "temperature": 0,
-                       "stream": True}).encode()
+                       "stream": True, "stream_options": {"include_usage": True}}).encode()
     headers = {"Content-Type": "application/json"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
     req = urllib.request.Request(base + "/v1/chat/completions", body, headers)
     start = time.perf_counter()
-    first, n, text = None, 0, ""
+    first, n, text, last = None, 0, "", None
     with urllib.request.urlopen(req) as resp:
         for raw in resp:
             line = raw.decode().strip()
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
-            choices = json.loads(line[6:]).get("choices") or []
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                n = chunk["usage"]["completion_tokens"]
+            choices = chunk.get("choices") or []
             content = choices[0]["delta"].get("content") if choices else None
             if content:
                 first = first or time.perf_counter()
-                n += 1
+                last = time.perf_counter()
                 text += content
-    end = time.perf_counter()
-    return {"tokens": n, "ttft_s": first - start, "tokens_per_s": (n - 1) / (end - first) if end > first else 0,
+    return {"tokens": n, "ttft_s": first - start, "tokens_per_s": (n - 1) / (last - first) if last > first else 0,
             "text": text}
 
 
@@ -78,8 +82,16 @@ def start_api(model: str) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the API did not start")
 
 
+def forget_prompt(base: str) -> None:
+    """Send an unrelated prompt, so the next request finds nothing of its own in the prompt cache."""
+    body = json.dumps({"model": "x", "prompt": "Hello", "max_tokens": 1}).encode()
+    urllib.request.urlopen(urllib.request.Request(base + "/v1/completions", body, {
+        "Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})).read()
+
+
 def conversation_ttft(base: str, turns: int = 20) -> list[float]:
-    """TTFT of each turn of a growing conversation (each reply kept short)."""
+    """TTFT of each turn of a new conversation (each reply kept short); turn 1 starts cold."""
+    forget_prompt(base)
     messages = [MESSAGES[0]]
     ttfts = []
     for i in range(turns):
@@ -93,21 +105,30 @@ def conversation_ttft(base: str, turns: int = 20) -> list[float]:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--tokens", type=int, default=128)
-    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--runs", type=int, default=5)
     p.add_argument("--llama-server", default=os.environ.get("LLAMA_SERVER"))
     args = p.parse_args()
     from tests.conftest import SAMPLE_GGUF, SAMPLE_NAME
 
     report: dict = {"model": SAMPLE_NAME, "max_tokens": args.tokens}
-    raw = raw_llama(SAMPLE_GGUF, args.tokens, args.runs, defaults=False)["runs"]
-    report["raw"] = {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in raw),
-                     "ttft_s": statistics.median(r["ttft_s"] for r in raw)}
+    raw = RawLlama(SAMPLE_GGUF, args.tokens, defaults=False)
     proc, base = start_api(SAMPLE_NAME)
     try:
         stream_chat(base, MESSAGES, 8)  # warm up
-        one = [stream_chat(base, MESSAGES, args.tokens) for _ in range(args.runs)]
-        report["api_1_client"] = {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in one),
-                                  "ttft_s": statistics.median(r["ttft_s"] for r in one)}
+        raw_runs, api_runs = [], []
+        for round_no in range(args.runs + 1):  # interleaved, so machine drift hits both alike
+            time.sleep(0.5)
+            r = raw.run()
+            forget_prompt(base)  # like the raw run, compute the whole prompt
+            time.sleep(0.5)
+            a = stream_chat(base, MESSAGES, args.tokens)
+            if round_no:
+                raw_runs.append(r)
+                api_runs.append(a)
+        report["raw"] = {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in raw_runs),
+                         "ttft_s": statistics.median(r["ttft_s"] for r in raw_runs)}
+        report["api_1_client"] = {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in api_runs),
+                                  "ttft_s": statistics.median(r["ttft_s"] for r in api_runs)}
         with ThreadPoolExecutor(4) as pool:
             started = time.perf_counter()
             four = list(pool.map(lambda _: stream_chat(base, MESSAGES, args.tokens), range(4)))
@@ -117,8 +138,9 @@ def main() -> int:
             "per_stream_tokens_per_s": statistics.median(r["tokens_per_s"] for r in four),
             "ttft_s": sorted(r["ttft_s"] for r in four), "all_complete": all(r["tokens"] > 0 for r in four),
             "note": "requests queue per model: one generation at a time, so later clients wait for earlier ones"}
-        ttfts = conversation_ttft(base)
-        report["conversation_ttft_s"] = {"turn_1": ttfts[0], "turn_20": ttfts[-1], "all": ttfts,
+        conversations = [conversation_ttft(base) for _ in range(3)]
+        ttfts = [statistics.median(turn) for turn in zip(*conversations)]  # per turn, over 3 conversations
+        report["conversation_ttft_s"] = {"turn_1": ttfts[0], "turn_20": ttfts[-1], "median_per_turn": ttfts,
                                          "ratio_turn20_turn1": ttfts[-1] / ttfts[0]}
     finally:
         proc.terminate()
@@ -126,9 +148,14 @@ def main() -> int:
     report["ratio_tokens_per_s_api_vs_raw"] = report["api_1_client"]["tokens_per_s"] / report["raw"]["tokens_per_s"]
     report["added_ttft_ms_api_vs_raw"] = (report["api_1_client"]["ttft_s"] - report["raw"]["ttft_s"]) * 1000
     if args.llama_server and os.path.exists(args.llama_server):
-        server = run_llama_server(args.llama_server, SAMPLE_GGUF, args.tokens, args.runs)["runs"]
-        report["llama_server"] = {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in server),
-                                  "ttft_s": statistics.median(r["ttft_s"] for r in server)}
+        server = LlamaServer(args.llama_server, SAMPLE_GGUF, args.tokens)
+        try:
+            server.run()  # warm up
+            runs = [server.run() for _ in range(args.runs)]
+        finally:
+            server.close()
+        report["llama_server"] = {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in runs),
+                                  "ttft_s": statistics.median(r["ttft_s"] for r in runs)}
         report["ratio_tokens_per_s_api_vs_llama_server"] = (report["api_1_client"]["tokens_per_s"]
                                                            / report["llama_server"]["tokens_per_s"])
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)

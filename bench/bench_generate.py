@@ -51,8 +51,9 @@ class RawLlama:
         if defaults:
             self.llm = Llama(path, n_ctx=4096, verbose=False)
         else:
-            cores = physical_cores()
-            self.llm = Llama(path, n_ctx=4096, n_batch=512, n_threads=cores, n_threads_batch=cores, verbose=False)
+            cores = physical_cores()  # the workbench's defaults: physical cores, flash attention
+            self.llm = Llama(path, n_ctx=4096, n_batch=512, n_threads=cores, n_threads_batch=cores, flash_attn=True,
+                             verbose=False)
         self.load_s = time.perf_counter() - t0
         self.prompt = self.llm.tokenize(render_chat(MESSAGES, detect(path).chat_template).encode(), add_bos=False,
                                         special=True)

@@ -27,7 +27,7 @@ from .errors import WorkbenchError, WorkerDied, brief
 from .options import GenerationRequest, LoadOptions
 
 _CTX = mp.get_context("spawn")
-STREAM_COALESCE_S = 0.02
+STREAM_COALESCE_S = 0.05  # at most ~20 sends a second: smooth to read, light on a small machine
 
 
 def _peak_rss_bytes() -> int:
