@@ -97,17 +97,18 @@ def test_same_seed_gives_same_text_and_greedy_is_repeatable(loaded):
 
 def test_cancel_stops_at_next_token(loaded):
     service, *_ = loaded
-    seen = 0
+    pieces = 0
     done = None
     for kind, value in service.generate(GenerationRequest(messages=STORY, params=GenParams(max_tokens=400))):
         if kind == "token":
-            seen += 1
-            if seen == 3:
+            pieces += 1
+            if pieces == 1:
                 service.cancel()
         else:
             done = value
     assert done["finish_reason"] == "cancelled"
-    assert done["completion_tokens"] <= 5
+    # the first piece holds at most 50 ms of tokens; the worker stops at the next token after the cancel
+    assert done["completion_tokens"] <= 30
     # the worker is still usable afterwards
     assert ask(service, CAPITAL_QUESTION, temperature=0, max_tokens=4)["completion_tokens"] >= 1
 
