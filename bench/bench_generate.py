@@ -237,8 +237,14 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def bench_backend(kind: str, path: str, tokens: int, runs: int, llama_server: str | None) -> dict:
-    contenders = {"raw": make_raw(kind, path, tokens, False), "raw_defaults": make_raw(kind, path, tokens, True),
-                  "workbench": Workbench(path, tokens)}
+    contenders = {"raw": make_raw(kind, path, tokens, False), "workbench": Workbench(path, tokens)}
+    failed = {}
+    try:
+        contenders["raw_defaults"] = make_raw(kind, path, tokens, True)
+        contenders["raw_defaults"].run()
+    except Exception as e:  # e.g. GPTQModel's default CPU kernel cannot run every model
+        failed["raw_defaults"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+        contenders.pop("raw_defaults", None)
     if kind == "gguf" and llama_server and os.path.exists(llama_server):
         contenders["llama_server"] = LlamaServer(llama_server, path, tokens)
     results: dict[str, list] = {name: [] for name in contenders}
@@ -256,13 +262,16 @@ def bench_backend(kind: str, path: str, tokens: int, runs: int, llama_server: st
         if "llama_server" in contenders:
             contenders["llama_server"].close()
     entry = {name: summarize(rs) for name, rs in results.items()}
+    entry.update(failed)
     for name in ("raw", "raw_defaults", "workbench"):
-        entry[name]["load_s"] = contenders[name].load_s
+        if name in contenders:
+            entry[name]["load_s"] = contenders[name].load_s
     entry["workbench"]["peak_rss_mb"] = workbench_peak
     entry["raw"]["peak_rss_mb"] = raw_peak_rss_mb(kind, path, tokens)
     w = entry["workbench"]
     entry["ratio_tokens_per_s_vs_raw"] = w["tokens_per_s"] / entry["raw"]["tokens_per_s"]
-    entry["ratio_tokens_per_s_vs_raw_defaults"] = w["tokens_per_s"] / entry["raw_defaults"]["tokens_per_s"]
+    if "raw_defaults" in contenders:
+        entry["ratio_tokens_per_s_vs_raw_defaults"] = w["tokens_per_s"] / entry["raw_defaults"]["tokens_per_s"]
     entry["added_ttft_ms_vs_raw"] = (w["ttft_s"] - entry["raw"]["ttft_s"]) * 1000
     if "llama_server" in entry:
         entry["ratio_tokens_per_s_vs_llama_server"] = w["tokens_per_s"] / entry["llama_server"]["tokens_per_s"]

@@ -34,7 +34,9 @@ class GPTQBackend(TransformersBackend):
         kwargs = self.placement_kwargs(options, device)
         if "device_map" not in kwargs:
             kwargs["device"] = device
-        # The torch kernel is the one that runs everywhere; on CUDA let GPTQModel pick a faster one.
+        # On CPU the torch kernel is the one that runs every shape: GPTQModel's own CPU pick,
+        # TorchAtenLinear, fails when a layer's width is not a multiple of the group size
+        # (the sample model: 576 inputs, group 128). On CUDA let GPTQModel pick a faster one.
         backend = BACKEND.TORCH if device == "cpu" else BACKEND.AUTO
         qmodel = GPTQModel.load(
             detection.path,

@@ -3,7 +3,8 @@
 Owns loading with dtype, device placement and memory caps (accelerate `max_memory`
 plus a disk offload folder), and a lean decode loop over the model's forward pass
 with a `DynamicCache` that is kept between requests: the part of the prompt that did
-not change since the last turn is not computed again. The GPTQ backend reuses all of
+not change since the last turn is not computed again, and a replayed prompt is not
+computed at all. The GPTQ backend reuses all of
 this and only loads differently.
 """
 
@@ -90,6 +91,8 @@ class TransformersBackend(Backend):
         self.device = "cpu"
         self._cache = None
         self._cache_ids: list[int] = []
+        self._last_prompt: list[int] = []
+        self._last_logits = None  # logits at the last prompt position of the previous request
         self._eos: set[int] = set()
 
     # --- loading -------------------------------------------------------------------
@@ -204,11 +207,12 @@ class TransformersBackend(Backend):
                 "shorten the conversation or load the model with a larger context."
             )
         budget = min(p.max_tokens, self.n_ctx - len(prompt))
-        cached = 0
-        for a, b in zip(self._cache_ids, prompt[:-1]):  # always feed at least one new token
-            if a != b:
-                break
-            cached += 1
+        # A replay of the last prompt (regenerate, the same seed again) reuses that prompt's KV cache
+        # and its stored last logits, so it computes exactly what the first run did: same seed, same
+        # text, with no forward pass at all before the first token.
+        replay = self._last_logits is not None and prompt == self._last_prompt \
+            and self._cache_ids[:len(prompt)] == prompt
+        cached = len(prompt) if replay else _common_prefix(self._cache_ids, prompt[:-1])
         cache = self._cache
         if cache is None or cached == 0:
             cache, cached = DynamicCache(config=self.model.config), 0
@@ -231,38 +235,48 @@ class TransformersBackend(Backend):
         seen = list(prompt)  # for the repetition penalty
         no_history = torch.empty(0, dtype=torch.long)
 
-        def sampled_tokens():
-            """Run the model one token at a time; the consumer stops asking when it is done."""
-            feed = torch.tensor([prompt[-1:]], dtype=torch.long, device=device)
+        def sampled_tokens(logits):
+            """Sample from `logits`, then run the model one token at a time until the consumer stops asking."""
             while True:
-                out = self.model(input_ids=feed, past_key_values=cache, use_cache=True, logits_to_keep=1)
-                self._cache_ids.extend(feed[0].tolist())
                 history = torch.tensor(seen) if p.repetition_penalty != 1.0 else no_history
-                token = sample_next(out.logits[0, -1].float().cpu(), p, history, generator)
+                token = sample_next(logits, p, history, generator)
                 yield token
                 seen.append(token)
-                feed = torch.tensor([[token]], dtype=torch.long, device=device)
+                out = self.model(input_ids=torch.tensor([[token]], device=device), past_key_values=cache,
+                                 use_cache=True, logits_to_keep=1)
+                self._cache_ids.append(token)
+                logits = out.logits[0, -1].float().cpu()
 
         try:
             with torch.inference_mode():
+                logits = self._last_logits if replay else None
                 pending = prompt[cached:]
-                # The prompt goes in chunks of n_batch tokens, which bounds activation memory on long
-                # prompts. Its last token always goes alone, so a replayed prompt (cached up to its
-                # last token) computes exactly the same logits: same seed, same text.
-                for i in range(0, len(pending) - 1, self.n_batch):
-                    chunk = pending[i:min(i + self.n_batch, len(pending) - 1)]
-                    self.model(input_ids=torch.tensor([chunk], device=device), past_key_values=cache,
-                               use_cache=True, logits_to_keep=1)
+                # The prompt goes in chunks of n_batch tokens, which bounds activation memory on long prompts.
+                for i in range(0, len(pending), self.n_batch):
+                    chunk = pending[i:i + self.n_batch]
+                    out = self.model(input_ids=torch.tensor([chunk], device=device), past_key_values=cache,
+                                     use_cache=True, logits_to_keep=1)
                     self._cache_ids.extend(chunk)
+                    logits = out.logits[0, -1].float().cpu()
                     if cancelled():
                         yield DoneEvent("cancelled", len(prompt), 0, cached)
                         return
-                reason, n = yield from run_decode(sampled_tokens(), self._eos.__contains__, detok.add, p.stop,
+                self._last_prompt, self._last_logits = list(prompt), logits
+                reason, n = yield from run_decode(sampled_tokens(logits), self._eos.__contains__, detok.add, p.stop,
                                                   budget, cancelled)
         except RuntimeError as e:
-            self._cache, self._cache_ids = None, []
+            self._cache, self._cache_ids, self._last_logits = None, [], None
             raise GenerationError(f"{self.name} failed while generating ({brief(e)}); try a shorter prompt or reload.") from e
         yield DoneEvent(reason, len(prompt), n, cached)
 
     def unload(self) -> None:
-        self.model = self.tokenizer = self._cache = None
+        self.model = self.tokenizer = self._cache = self._last_logits = None
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
