@@ -107,3 +107,18 @@ def test_memory_is_recorded_beside_the_plan(sample_gguf, workbench_root):
     entries = [json.loads(line) for line in workbench_root.joinpath("user_data", "memory_log.jsonl").read_text().splitlines()]
     assert entries[-1]["backend"] == "llama.cpp" and entries[-1]["n_ctx"] == 1024
     assert abs(entries[-1]["error"]) < 0.5
+
+
+def test_auto_context_is_the_largest_that_fits(sample_gguf, workbench_root):
+    d = detect(sample_gguf)
+    refused = make_plan(d, "llama.cpp", LoadOptions(n_ctx=8192, max_ram_gib=0.25), CPU_BOX)
+    auto = make_plan(d, "llama.cpp", LoadOptions(n_ctx=0, max_ram_gib=0.25), CPU_BOX)
+    assert auto.fits and auto.n_ctx == refused.max_n_ctx and "largest that fits" in auto.notes[-1]
+    unlimited = make_plan(d, "llama.cpp", LoadOptions(n_ctx=0), CPU_BOX)
+    assert unlimited.n_ctx == 8192 and "maximum" in unlimited.notes[-1]
+    service = ModelService(Paths(str(workbench_root)))
+    try:
+        info = service.load(sample_gguf, options=LoadOptions(n_ctx=0, max_ram_gib=0.25))
+        assert info["n_ctx"] == auto.n_ctx
+    finally:
+        service.close()

@@ -22,7 +22,7 @@ def add_load_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("load options")
     g.add_argument("--profile", help="hardware profile from presets/hardware/ (flags override it)")
     g.add_argument("--loader", choices=LOADERS, default="auto", help="backend to use (default: detected from the files)")
-    g.add_argument("--n-ctx", type=int, help="context size in tokens")
+    g.add_argument("--n-ctx", type=int, help="context size in tokens (0 = the largest that fits)")
     g.add_argument("--n-gpu-layers", type=int, help="llama.cpp layers on the GPU (-1 = all)")
     g.add_argument("--n-batch", type=int, help="llama.cpp prompt batch size")
     g.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")

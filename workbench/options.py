@@ -25,7 +25,7 @@ def _from_dict(cls, data: dict, what: str):
 
 @dataclass
 class LoadOptions:
-    n_ctx: int = 4096                 # context size in tokens (prompt + reply)
+    n_ctx: int = 4096                 # context size in tokens (prompt + reply); 0 = the largest that fits
     n_gpu_layers: int | None = None   # llama.cpp layers on the GPU; None = all if a GPU is present, else 0
     n_batch: int = 512                # llama.cpp prompt-processing batch size
     n_threads: int | None = None      # CPU threads; None = physical cores
@@ -42,8 +42,8 @@ class LoadOptions:
     weight_budget: dict | None = None # set by the planner: weight bytes per device ("cpu", "0") for placement
 
     def validate(self) -> "LoadOptions":
-        if self.n_ctx < 16:
-            raise WorkbenchError(f"Context size {self.n_ctx} is too small; use at least 16 tokens.")
+        if self.n_ctx != 0 and self.n_ctx < 16:
+            raise WorkbenchError(f"Context size {self.n_ctx} is too small; use at least 16 tokens (or 0 for auto).")
         if self.n_batch < 1:
             raise WorkbenchError("Batch size must be at least 1.")
         if self.n_threads is not None and self.n_threads < 1:

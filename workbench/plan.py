@@ -259,11 +259,27 @@ def _check(plan: MemoryPlan) -> None:
         plan.problems.append(f"needs {gib(dev.model_bytes)} {where}, {limit} {gib(dev.cap)}")
 
 
+def _largest_fitting(build, lo: int, hi: int) -> int | None:
+    """The largest context in [lo, hi] (a multiple of 256, or hi itself) whose plan fits, or None."""
+    if build(hi).fits:
+        return hi
+    best = None
+    while lo <= hi:
+        mid = max((lo + hi) // 2 // 256 * 256, 256)
+        if build(mid).fits:
+            best, lo = mid, mid + 256
+        else:
+            hi = mid - 256
+    return best
+
+
 def make_plan(detection: Detection, backend: str, options: LoadOptions, hw: Hardware) -> MemoryPlan:
-    """The memory plan for loading `detection` with `backend` and `options` on `hw`."""
+    """The memory plan for loading `detection` with `backend` and `options` on `hw`.
+
+    With `options.n_ctx == 0` (auto) it plans the largest context that fits, up to the model's own.
+    """
     _geometry_check(detection)
-    limit = detection.context_length or options.n_ctx
-    n_ctx = min(options.n_ctx, limit) if backend != "llama.cpp" else options.n_ctx
+    model_max = detection.context_length or 4096
 
     def build(ctx: int) -> MemoryPlan:
         if backend == "llama.cpp" and detection.format == GGUF:
@@ -273,16 +289,16 @@ def make_plan(detection: Detection, backend: str, options: LoadOptions, hw: Hard
         _check(p)
         return p
 
+    if options.n_ctx == 0:
+        chosen = _largest_fitting(build, 256, model_max)
+        plan = build(chosen or 256)
+        plan.notes.append(f"Auto context: {plan.n_ctx} tokens" + (" (the model's maximum)." if chosen == model_max
+                                                                   else ", the largest that fits."))
+        return plan
+    n_ctx = min(options.n_ctx, model_max) if backend != "llama.cpp" else options.n_ctx
     plan = build(n_ctx)
     if not plan.fits:
-        lo, hi, best = 256, n_ctx - 1, None
-        while lo <= hi:
-            mid = (lo + hi) // 2 // 256 * 256 or 256
-            if build(mid).fits:
-                best, lo = mid, mid + 256
-            else:
-                hi = mid - 256
-        plan.max_n_ctx = best
+        plan.max_n_ctx = _largest_fitting(build, 256, n_ctx - 1)
     if n_ctx != options.n_ctx:
         plan.notes.append(f"Context capped at the model's maximum of {n_ctx} tokens.")
     return plan

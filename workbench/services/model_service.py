@@ -92,6 +92,7 @@ class ModelService:
             self._stop_worker()  # the old model's memory is free before the new plan is checked
             plan = make_plan(detection, spec.name, options, self.hardware())
             check_plan(plan)
+            options.n_ctx = plan.n_ctx  # auto (0) becomes the context the plan chose
             if options.max_ram_gib or options.max_vram_gib:
                 options.weight_budget = {d.device.replace("cuda:", ""): d.weights
                                          for d in plan.devices if d.device != "disk"}

@@ -33,15 +33,24 @@ def model_rows(rows: list[dict]) -> list[list]:
     return table
 
 
+def app_rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
 def format_status(status: dict) -> str:
+    app = f"The app itself uses {app_rss() / MiB:.0f} MiB RAM and holds no weights."
     if not status.get("loaded"):
-        return "**No model loaded.**" + (f" {status['error']}" if status.get("error") else "")
+        return "**No model loaded.**" + (f" {status['error']}" if status.get("error") else "") + f"  \n{app}"
     rss = status.get("worker_rss_bytes") or status["memory"]["rss_bytes"]
     planned = sum(d["total"] for d in status["plan"]["devices"] if d["device"] == "cpu")
+    vram = sum(d["total"] for d in status["plan"]["devices"] if d["device"].startswith("cuda"))
+    gpu = f", {vram / MiB:.0f} MiB VRAM planned" if vram else ""
     return (f"**Loaded** `{status['name']}` with **{status['backend']}** on {status['device']} "
             f"({status['dtype']}), context {status['n_ctx']}, {status['n_threads']} threads, "
             f"in {status['load_s']:.1f} s.  \nRAM of the worker (pid {status['worker_pid']}): "
-            f"**{rss / MiB:.0f} MiB now**, planned {planned / MiB:.0f} MiB at a full context.")
+            f"**{rss / MiB:.0f} MiB now**, planned {planned / MiB:.0f} MiB at a full context{gpu}.  \n{app}")
 
 
 def plan_frame(plan: dict) -> pd.DataFrame:
@@ -104,8 +113,8 @@ def build_model_tab(models: ModelService, profiles: ProfileStore, defaults: Load
             delete_profile = gr.Button("Delete profile", scale=1)
         with gr.Accordion("Load options", open=True):
             with gr.Row():
-                n_ctx = gr.Slider(256, 131072, value=defaults.n_ctx, step=256, label="Context size (tokens)",
-                                  info="prompt + reply; more context needs more memory for the KV cache")
+                n_ctx = gr.Slider(0, 131072, value=defaults.n_ctx, step=256, label="Context size (tokens)",
+                                  info="prompt + reply; more needs more memory for the KV cache; 0 = largest that fits")
                 n_batch = gr.Number(defaults.n_batch, precision=0, label="Batch size",
                                     info="tokens per prompt-processing step")
                 threads = gr.Number(defaults.n_threads or 0, precision=0, label="Threads",
@@ -195,7 +204,11 @@ def build_model_tab(models: ModelService, profiles: ProfileStore, defaults: Load
                          show_progress="hidden")
     model_name.change(on_pick, model_name, [loader, *form], api_visibility="private")
     load.click(on_load, plan_inputs, status, api_name="load_model")
-    unload.click(lambda: (models.unload(), format_status(models.status()))[1], None, status, api_name="unload_model")
+    def on_unload():
+        models.unload()
+        return format_status(models.status())
+
+    unload.click(on_unload, None, status, api_name="unload_model")
     refresh.click(on_refresh, None, [model_name, table], api_name="list_models")
     apply_profile.click(on_apply, profile, form, api_name="apply_profile")
     save_profile.click(on_save, [profile_name, *form], profile, api_name="save_profile")
