@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import ROOT, run_cli
 from workbench.hardware import Hardware
+from workbench.errors import WorkbenchError
 from workbench.options import LoadOptions
 from workbench.profiles import THIS_MACHINE, ProfileError, ProfileStore
 
@@ -82,7 +83,7 @@ def test_this_machine_profile_is_written_once(store):
 
 def test_names_cannot_escape_the_folder(store):
     for bad in ("../evil", "/etc/passwd", "a/b", ""):
-        with pytest.raises(Exception):
+        with pytest.raises(WorkbenchError):
             store.save(bad, LoadOptions())
 
 

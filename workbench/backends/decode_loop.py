@@ -44,3 +44,13 @@ def run_decode(
     if tail:
         yield TokenEvent(tail)
     return reason, n
+
+
+def common_prefix(cached, prompt) -> int:
+    """How many leading tokens of `prompt` the KV cache (`cached` ids) already holds."""
+    n = 0
+    for x, y in zip(cached, prompt):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -19,7 +19,7 @@ from ..detect import Detection
 from ..errors import GenerationError, LoadError, WorkbenchError, brief
 from ..options import GenerationRequest, LoadOptions
 from .base import Backend, Capabilities, DoneEvent, ModelInfo, TokenEvent, physical_cores
-from .decode_loop import run_decode
+from .decode_loop import common_prefix, run_decode
 
 # llama.cpp ggml type ids for the KV cache.
 _KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}
@@ -134,7 +134,8 @@ class LlamaCppBackend(Backend):
                 lambda t: decoder.decode(self.llm.detokenize([t])), p.stop, budget, cancelled,
                 lambda: decoder.decode(b"", final=True))
         except RuntimeError as e:
-            raise GenerationError(f"llama.cpp failed while generating ({brief(e)}); try a shorter prompt or reload the model.") from e
+            raise GenerationError(
+                f"llama.cpp failed while generating ({brief(e)}); try a shorter prompt or reload the model.") from e
         yield DoneEvent(reason, len(prompt), n, cached)
 
     def _prefill(self, prompt: list[int]) -> int:
@@ -145,7 +146,7 @@ class LlamaCppBackend(Backend):
         or not it was cached. Returns how many prompt tokens were reused.
         """
         llm = self.llm
-        keep = _common_prefix(llm.input_ids[: llm.n_tokens], prompt[:-1])
+        keep = common_prefix(llm.input_ids[: llm.n_tokens], prompt[:-1])
         if keep < llm.n_tokens and not llm._ctx.kv_cache_seq_rm(-1, keep, -1):
             llm.reset()
             keep = 0
@@ -159,11 +160,3 @@ class LlamaCppBackend(Backend):
             self.llm.close()
             self.llm = None
 
-
-def _common_prefix(a, b) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n

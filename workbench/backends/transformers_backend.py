@@ -19,7 +19,7 @@ from ..detect import GGUF, Detection
 from ..errors import GenerationError, LoadError, WorkbenchError, brief
 from ..options import GenerationRequest, LoadOptions
 from .base import Backend, Capabilities, DoneEvent, ModelInfo, TokenEvent, physical_cores
-from .decode_loop import run_decode
+from .decode_loop import common_prefix, run_decode
 
 
 class IncrementalDetokenizer:
@@ -212,7 +212,7 @@ class TransformersBackend(Backend):
         # text, with no forward pass at all before the first token.
         replay = self._last_logits is not None and prompt == self._last_prompt \
             and self._cache_ids[:len(prompt)] == prompt
-        cached = len(prompt) if replay else _common_prefix(self._cache_ids, prompt[:-1])
+        cached = len(prompt) if replay else common_prefix(self._cache_ids, prompt[:-1])
         cache = self._cache
         if cache is None or cached == 0:
             cache, cached = DynamicCache(config=self.model.config), 0
@@ -272,11 +272,3 @@ class TransformersBackend(Backend):
     def unload(self) -> None:
         self.model = self.tokenizer = self._cache = self._last_logits = None
 
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
