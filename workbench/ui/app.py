@@ -20,7 +20,8 @@ def build_app(models: ModelService, chat: ChatService, compare: CompareService, 
               loader: str = "auto") -> gr.Blocks:
     with gr.Blocks(title="Model Workbench") as app:
         gr.Markdown("## Model Workbench")
-        build_chat_tab(chat, presets, export_folder)
-        build_model_tab(models, profiles, load_defaults, loader)
-        build_compare_tab(compare)
+        with gr.Tabs():
+            build_chat_tab(chat, presets, export_folder)
+            build_model_tab(models, profiles, load_defaults, loader)
+            build_compare_tab(compare)
     return app

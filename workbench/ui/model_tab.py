@@ -143,6 +143,8 @@ def build_model_tab(models: ModelService, profiles: ProfileStore, defaults: Load
             load = gr.Button("Load", variant="primary")
             unload = gr.Button("Unload")
         status = gr.Markdown(format_status(loaded))
+        plan_button = gr.Button("Show plan", visible=False)  # the plan as an API endpoint
+        refresh_timer = gr.Timer(5)
 
     form = [n_ctx, n_gpu_layers, n_batch, threads, cache_type, flash_attn, use_mmap, use_mlock, dtype, device,
             max_ram, max_vram]
@@ -213,6 +215,6 @@ def build_model_tab(models: ModelService, profiles: ProfileStore, defaults: Load
     apply_profile.click(on_apply, profile, form, api_name="apply_profile")
     save_profile.click(on_save, [profile_name, *form], profile, api_name="save_profile")
     delete_profile.click(on_delete, profile, profile, api_name="delete_profile")
-    gr.Button("Show plan", visible=False).click(on_plan, plan_inputs, [plan_chart, plan_text], api_name="plan")
-    gr.Timer(5).tick(lambda: format_status(models.status()), None, status, show_progress="hidden",
-                     api_visibility="private")
+    plan_button.click(on_plan, plan_inputs, [plan_chart, plan_text], api_name="plan")
+    refresh_timer.tick(lambda: format_status(models.status()), None, status, show_progress="hidden",
+                       api_visibility="private")
