@@ -122,3 +122,15 @@ def test_auto_context_is_the_largest_that_fits(sample_gguf, workbench_root):
         assert info["n_ctx"] == auto.n_ctx
     finally:
         service.close()
+
+
+def test_a_refused_load_keeps_the_loaded_model(sample_gguf, workbench_root):
+    service = ModelService(Paths(str(workbench_root)))
+    try:
+        service.load(sample_gguf, options=LoadOptions(n_ctx=1024))
+        pid = service.worker_pid()
+        with pytest.raises(PlanRefused):
+            service.load(sample_gguf, options=LoadOptions(n_ctx=8192, max_ram_gib=0.2))
+        assert service.worker_pid() == pid and service.status()["loaded"]
+    finally:
+        service.close()

@@ -89,9 +89,14 @@ class ModelService:
         spec = registry.choose(detection, loader)
         registry.check_installed(spec)
         with self._lock:
-            self._stop_worker()  # the old model's memory is free before the new plan is checked
             plan = make_plan(detection, spec.name, options, self.hardware())
-            check_plan(plan)
+            short_of_free = any(not d.fits and d.cap_source == "free" for d in plan.devices)
+            if short_of_free and self._worker is not None:
+                # The loaded model's memory may be what is missing: plan again without it.
+                self._stop_worker()
+                plan = make_plan(detection, spec.name, options, self.hardware())
+            check_plan(plan)  # refused over a cap: the model loaded before stays loaded
+            self._stop_worker()
             options.n_ctx = plan.n_ctx  # auto (0) becomes the context the plan chose
             if options.max_ram_gib or options.max_vram_gib:
                 options.weight_budget = {d.device.replace("cuda:", ""): d.weights
