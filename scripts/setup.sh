@@ -20,19 +20,18 @@ fi
 want=$(cat requirements.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
 have=$(cat .venv/.requirements.sha256 2>/dev/null || true)
 if [ "$want" != "$have" ]; then
-  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    say "NVIDIA GPU found: llama-cpp-python will be built with CUDA"
-    export CMAKE_ARGS="${CMAKE_ARGS:-} -DGGML_CUDA=on"
-    export FORCE_CMAKE=1
-    extra=(--no-binary llama-cpp-python)
-  else
-    extra=()
-  fi
   say "installing pinned packages (llama-cpp-python compiles from source the first time: several minutes on 2 cores)"
-  .venv/bin/python -m pip install --progress-bar off "${extra[@]}" -r requirements.txt 2>&1 \
+  .venv/bin/python -m pip install --progress-bar off -r requirements.txt 2>&1 \
     | grep -E "^(Collecting|Building|Successfully|ERROR|error)" || true
   .venv/bin/python -c "import llama_cpp, torch, transformers, gptqmodel, gradio" >/dev/null 2>&1 \
     || { echo "[setup] package install failed; see the pip output above" >&2; exit 1; }
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 \
+      && ! .venv/bin/python -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_gpu_offload() else 1)" 2>/dev/null; then
+    say "NVIDIA GPU found: rebuilding llama-cpp-python with CUDA (several minutes)"
+    CMAKE_ARGS="${CMAKE_ARGS:-} -DGGML_CUDA=on" FORCE_CMAKE=1 .venv/bin/python -m pip install --progress-bar off \
+      --no-cache-dir --force-reinstall --no-deps "$(grep '^llama-cpp-python==' requirements.txt)" 2>&1 \
+      | grep -E "^(Building|Successfully|ERROR|error)" || true
+  fi
   echo "$want" > .venv/.requirements.sha256
 else
   say "packages already installed"
