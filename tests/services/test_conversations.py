@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.conftest import ROOT
-from workbench.services.conversations import ConversationError, ConversationStore
+from workbench.services.conversations import ConversationError, ConversationStore, remove_turn
 
 
 @pytest.fixture
@@ -89,3 +89,14 @@ def test_kill_9_during_saves_never_leaves_a_broken_file(store):
     leftovers = [f for f in os.listdir(store.folder) if f.startswith(".tmp-")]
     assert all(os.path.getsize(os.path.join(store.folder, f)) >= 0 for f in leftovers)  # temp files never replace
     assert store.list()[0][0]["id"] == conv.id
+
+
+def test_remove_any_turn(store):
+    conv = store.new()
+    for i in range(3):
+        conv.messages += [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]
+    assert remove_turn(conv, 2) == "q1"
+    assert [m["content"] for m in conv.messages] == ["q0", "a0", "q2", "a2"]
+    assert remove_turn(conv, 2) == "q2" and [m["content"] for m in conv.messages] == ["q0", "a0"]
+    with pytest.raises(ConversationError, match="no turn 5"):
+        remove_turn(conv, 5)

@@ -180,8 +180,12 @@ def test_conversation_flow_and_it_survives_a_restart(sample_gguf, tmp_path):
         assert "reused" in stats
         chatbot, _, _, _ = client.predict(*CHAT_ARGS, api_name="/regenerate")
         assert len(chatbot) == 4 and "Berlin" in reply_text(chatbot)
+        client.predict("And of Italy?", *CHAT_ARGS, api_name="/chat")
+        chatbot = client.predict(2, api_name="/delete_turn")  # the Germany turn, from the middle
+        assert [reply_text([m]) for m in chatbot if m["role"] == "user"] == ["What is the capital of France?",
+                                                                              "And of Italy?"]
         chatbot, text = client.predict(api_name="/edit_last")
-        assert len(chatbot) == 2 and text == "And the capital of Germany?"
+        assert len(chatbot) == 2 and text == "And of Italy?"
         client.predict("Quick title", api_name="/rename_conversation")
         exported = client.predict(api_name="/export_conversation")
         assert "# Quick title" in open(exported).read()

@@ -58,6 +58,18 @@ def title_from(text: str) -> str:
     return (line[:60] + "...") if len(line) > 60 else (line or "New chat")
 
 
+def remove_turn(conv: Conversation, turn: int) -> str:
+    """Remove turn `turn` (1 = the first user message, with the replies that follow it); return its text."""
+    starts = [i for i, m in enumerate(conv.messages) if m["role"] == "user"]
+    if not 1 <= turn <= len(starts):
+        raise ConversationError(f"There is no turn {turn}; this conversation has {len(starts)}.")
+    start = starts[turn - 1]
+    end = starts[turn] if turn < len(starts) else len(conv.messages)
+    text = conv.messages[start]["content"]
+    del conv.messages[start:end]
+    return text
+
+
 def to_markdown(conv: Conversation) -> str:
     out = [f"# {conv.title}", ""]
     if conv.system_prompt:

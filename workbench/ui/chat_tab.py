@@ -1,4 +1,4 @@
-"""Chat tab: streaming chat, Stop, Regenerate, Continue, Edit last, Delete last turn,
+"""Chat tab: streaming chat, Stop, Regenerate, Continue, Edit last, Delete a turn,
 saved conversations (open, rename, delete, export) and generation presets.
 
 Layout and wiring only. The open conversation is an id in a `gr.State`; every action
@@ -16,7 +16,7 @@ from ..errors import WorkbenchError
 from ..generation_presets import GenerationPresetStore
 from ..options import GenParams
 from ..services.chat_service import DEFAULT_SYSTEM_PROMPT, ChatService, format_stats
-from ..services.conversations import Conversation
+from ..services.conversations import Conversation, remove_turn
 
 
 def conversation_choices(chat: ChatService) -> list[tuple[str, str]]:
@@ -62,6 +62,9 @@ def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_fol
                     cont = gr.Button("Continue")
                     edit_last = gr.Button("Edit last message")
                     delete_last = gr.Button("Delete last turn")
+                with gr.Row():
+                    turn_number = gr.Number(1, precision=0, minimum=1, label="Turn #", scale=1)
+                    delete_turn = gr.Button("Delete that turn", scale=1)
                 stats = gr.Markdown()
                 with gr.Accordion("Settings", open=False):
                     system = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=2)
@@ -134,18 +137,18 @@ def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_fol
     def on_new():
         return [], None, "", gr.update(choices=conversation_choices(chat), value=None)
 
-    def trimmed(cid, keep_last_user: bool):
-        """Drop the last exchange; return (messages, the user's text for editing)."""
+    def without_turn(cid, turn: int | None, keep_text: bool):
+        """Remove a turn (None = the last); return (messages, its user text when editing)."""
         if not cid:
             raise gr.Error("No conversation is open.")
-        conv = chat.conversations.get(cid)
-        text = ""
-        while conv.messages and conv.messages[-1]["role"] == "assistant":
-            conv.messages.pop()
-        if conv.messages:
-            text = conv.messages.pop()["content"]
+        try:
+            conv = chat.conversations.get(cid)
+            count = sum(m["role"] == "user" for m in conv.messages)
+            text = remove_turn(conv, count if turn is None else int(turn)) if count else ""
+        except WorkbenchError as e:
+            raise gr.Error(str(e))
         chat.conversations.save(conv)
-        return conv.messages, text if keep_last_user else gr.skip()
+        return conv.messages, text if keep_text else gr.skip()
 
     def on_rename(cid, new_title):
         try:
@@ -193,8 +196,10 @@ def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_fol
     regenerate.click(on_regenerate, [conv_id, system, *sliders], outputs, api_name="regenerate")
     cont.click(on_continue, [conv_id, system, *sliders], outputs, api_name="continue")
     stop.click(chat.stop, None, None, api_name="stop", queue=False)
-    edit_last.click(lambda cid: trimmed(cid, True), conv_id, [chatbot, message], api_name="edit_last")
-    delete_last.click(lambda cid: trimmed(cid, False)[0], conv_id, chatbot, api_name="delete_last")
+    edit_last.click(lambda cid: without_turn(cid, None, True), conv_id, [chatbot, message], api_name="edit_last")
+    delete_last.click(lambda cid: without_turn(cid, None, False)[0], conv_id, chatbot, api_name="delete_last")
+    delete_turn.click(lambda cid, n: without_turn(cid, n, False)[0], [conv_id, turn_number], chatbot,
+                      api_name="delete_turn")
     conversations.input(on_open, conversations, [chatbot, conv_id, stats, system], api_name="open_conversation")
     new_chat.click(on_new, None, [chatbot, conv_id, stats, conversations], api_name="new_chat")
     rename.click(on_rename, [conv_id, title], [conversations, title], api_name="rename_conversation")
