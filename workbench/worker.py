@@ -7,7 +7,7 @@ cancelled, and the model's memory can be measured on its own.
 
 Messages, parent -> child: ("load", backend, detection, options), ("generate", request),
 ("tokenize", text), ("count", request), ("memory",), ("shutdown",).
-Child -> parent: ("ok", value), ("progress", text), ("token", text), ("done", stats),
+Child -> parent: ("ok", value), ("token", text), ("done", stats),
 ("error", error_class_name, message).
 Cancel is a shared Event the child checks after every token, so it needs no pipe round trip.
 """
