@@ -9,6 +9,7 @@ the browser.
 from __future__ import annotations
 
 import os
+import time
 
 import gradio as gr
 
@@ -23,7 +24,7 @@ def conversation_choices(chat: ChatService) -> list[tuple[str, str]]:
     rows, errors = chat.conversations.list()
     for error in errors:
         gr.Warning(error)
-    return [(f"{r['title']} ({r['turns']} messages)", r["id"]) for r in rows]
+    return [(f"{r['title']} · {time.strftime('%b %d %H:%M', time.localtime(r['updated']))}", r["id"]) for r in rows]
 
 
 def params_from(temp, top_p, top_k, min_p, rep, max_new, seed) -> GenParams:
@@ -107,7 +108,9 @@ def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_fol
         except WorkbenchError as e:
             raise gr.Error(str(e))
         line = format_stats(first.stats) if first.stats else ""
-        yield conv.messages, "", line, conv.id, gr.update(choices=conversation_choices(chat), value=conv.id)
+        # The list only changes when this message started a new conversation: do not reread every file.
+        listing = gr.update(choices=conversation_choices(chat), value=conv.id) if cid != conv.id else gr.skip()
+        yield conv.messages, "", line, conv.id, listing
         try:
             for chunk in chunks:
                 if chunk.stats:
