@@ -22,6 +22,10 @@ CHATML_TEMPLATE = (
 )
 # A rendered prompt longer than this is a runaway template, not a conversation.
 MAX_RENDERED_CHARS = 20_000_000
+# range() steps one render may take in all: real templates loop over the messages, not over millions.
+MAX_RANGE_STEPS = 1_000_000
+# Exponents above this are no chat template's business (and 10**10**9 would hang the worker).
+MAX_EXPONENT = 1024
 VALID_ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -33,12 +37,48 @@ def _raise_exception(message):
     raise TemplateError(f"The chat template refused the conversation: {message}")
 
 
+def _bounded_binop(operator: str, left, right):
+    """`*` and `**` with the results a template could use to exhaust memory or CPU refused."""
+    from jinja2.exceptions import SecurityError
+
+    if operator == "**":
+        if isinstance(right, (int, float)) and abs(right) > MAX_EXPONENT:
+            raise SecurityError(f"an exponent of {right} is too large")
+        return left ** right
+    for seq, times in ((left, right), (right, left)):
+        if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > MAX_RENDERED_CHARS:
+            raise SecurityError("repeating a value that many times would exhaust memory")
+    return left * right
+
+
+def _budgeted_range():
+    """A `range` for one render that refuses to step more than MAX_RANGE_STEPS times in all."""
+    from jinja2.exceptions import SecurityError
+
+    left = [MAX_RANGE_STEPS]
+
+    def bounded(*args):
+        steps = range(*args)
+        left[0] -= len(steps)
+        if left[0] < 0:
+            raise SecurityError(f"the template loops more than {MAX_RANGE_STEPS:,} times")
+        return steps
+
+    return bounded
+
+
 @lru_cache(maxsize=8)
 def _compile(source: str):
     from jinja2 import TemplateSyntaxError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    class BoundedEnvironment(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "**"})
+
+        def call_binop(self, context, operator, left, right):
+            return _bounded_binop(operator, left, right)
+
+    env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.filters["tojson"] = lambda value, indent=None, **_: json.dumps(value, indent=indent, ensure_ascii=False)
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -79,7 +119,12 @@ def render_chat(
             add_generation_prompt=add_generation_prompt,
             bos_token=bos_token,
             eos_token=eos_token,
+            range=_budgeted_range(),
         )
+    except RecursionError:
+        raise TemplateError("The model's chat template calls itself without end; use another template.") from None
+    except MemoryError:
+        raise TemplateError("The chat template produced a runaway prompt; use another template.") from None
     except SecurityError as e:
         raise TemplateError(f"The chat template tried an unsafe operation and was stopped ({e}); use another template.") from e
     except TemplateError:

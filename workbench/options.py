@@ -39,6 +39,7 @@ class LoadOptions:
     max_ram_gib: float | None = None  # RAM cap; what does not fit goes to the offload folder
     offload_folder: str | None = None # disk offload folder (default: user_data/offload)
     trust_pickle: bool = False        # allow pickle weights (still loaded with weights_only)
+    adapter: str | None = None        # LoRA adapter folder applied on a Transformers model (a run's adapter/)
     weight_budget: dict | None = None # set by the planner: weight bytes per device ("cpu", "0") for placement
 
     def validate(self) -> "LoadOptions":

@@ -32,6 +32,14 @@ class Paths:
         return os.path.join(self.root, "user_data")
 
     @property
+    def datasets(self) -> str:
+        return os.path.join(self.root, "datasets")
+
+    @property
+    def runs(self) -> str:
+        return os.path.join(self.user_data, "runs")
+
+    @property
     def offload(self) -> str:
         return os.path.join(self.user_data, "offload")
 

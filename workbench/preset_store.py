@@ -29,12 +29,18 @@ def load_mapping(text: str, where: str) -> tuple[dict, dict[str, int]]:
     import yaml
 
     try:
+        # Presets are small hand-written files; aliases would only serve an "alias bomb" that
+        # expands exponentially when the values are walked or printed.
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise PresetError(f"{where} uses YAML aliases (*name), which presets do not support; write the values out.")
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
         raise PresetError(f"{where} is not valid YAML{line}; fix the file or delete it.") from e
+    except RecursionError:
+        raise PresetError(f"{where} is nested too deeply to be a preset; fix the file or delete it.") from None
     if data is None:
         return {}, {}
     if not isinstance(data, dict):

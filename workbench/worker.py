@@ -6,7 +6,8 @@ kill the app, unloading returns every byte (the process ends), a generation can 
 cancelled, and the model's memory can be measured on its own.
 
 Messages, parent -> child: ("load", backend, detection, options), ("generate", request),
-("tokenize", text), ("count", request), ("memory",), ("shutdown",).
+("tokenize", text), ("count", request), ("memory",), ("score", text, window), ("shutdown",).
+"score" (perplexity) is answered by ("progress", done, total) messages, then ("ok", result).
 Child -> parent: ("ok", value), ("token", text), ("done", stats),
 ("error", error_class_name, message).
 Cancel is a shared Event the child checks after every token, so it needs no pipe round trip.
@@ -18,7 +19,7 @@ import multiprocessing as mp
 import os
 import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import errors
 from .backends.base import DoneEvent
@@ -138,6 +139,15 @@ def _worker_main(conn, cancel_event, log_path: str | None) -> None:
                 conn.send(("ok", len(backend.prompt_tokens(GenerationRequest.from_dict(msg[1])))))
             elif kind == "memory":
                 conn.send(("ok", _memory()))
+            elif kind == "score":
+                from .backends.perplexity import perplexity
+
+                _, text, window = msg
+                cancel_event.clear()
+                result = perplexity(backend.tokenize(text), window, backend.score_window,
+                                    progress=lambda done, total: conn.send(("progress", done, total)),
+                                    cancelled=cancel_event.is_set)
+                conn.send(("ok", result))
             else:
                 conn.send(("error", "WorkbenchError", f"Unknown worker request {kind!r}."))
         except BaseException as e:  # report, keep serving: the parent decides what to do
@@ -216,6 +226,20 @@ class ModelWorker:
 
     def memory(self) -> dict:
         return self._call(("memory",))
+
+    def perplexity(self, text: str, window: int, on_progress: Callable[[int, int], None] | None = None) -> dict:
+        """Perplexity of `text` (see backends/perplexity.py); `on_progress(done, total)` per window."""
+        with self._lock:
+            self._send(("score", text, window))
+            while True:
+                reply = self._recv()
+                if reply[0] == "progress":
+                    if on_progress:
+                        on_progress(reply[1], reply[2])
+                    continue
+                if reply[0] == "error":
+                    _raise_from_worker(reply[1], reply[2])
+                return reply[1]
 
     def generate(self, request: GenerationRequest) -> Iterator[tuple[str, object]]:
         """Yield ("token", text) as text comes (a token, or a few when they come fast), then ("done", stats)."""

@@ -7,6 +7,7 @@ is not a field here, so a request cannot set it. Limits keep huge inputs out.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..errors import WorkbenchError
@@ -40,7 +41,8 @@ def _number(body: dict, key: str, default, kind=float, lo=None, hi=None):
     value = body.get(key, default)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or (kind is int and not float(value).is_integer()):
         raise ApiError(f"'{key}' must be a {'whole ' if kind is int else ''}number.", key)
     value = kind(value)
     if (lo is not None and value < lo) or (hi is not None and value > hi):

@@ -89,5 +89,9 @@ class Backend(ABC):
     def prompt_tokens(self, request: GenerationRequest) -> list[int]:
         """Token ids the request's prompt becomes (chat-templated when it has messages)."""
 
+    def score_window(self, ids: list[int]) -> float:
+        """Summed negative log-likelihood of ids[1:] given the tokens before each, from an empty context."""
+        raise NotImplementedError(f"{self.name} cannot score text.")
+
     def unload(self) -> None:
         """Drop the model (the worker process ends right after, returning its memory)."""

@@ -21,6 +21,8 @@ class GPTQBackend(TransformersBackend):
     name = "gptq"
     capabilities = Capabilities(can_stream=True, can_train=False, supports_n_gpu_layers=False, supports_memory_caps=True)
 
+    merge_adapter = False  # quantized weights cannot absorb a LoRA; it runs beside them
+
     def load_model(self, detection: Detection, options: LoadOptions, device: str):
         os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
         import torch

@@ -45,6 +45,9 @@ class LlamaCppBackend(Backend):
     def load(self, detection: Detection, options: LoadOptions) -> ModelInfo:
         import llama_cpp
 
+        if options.adapter:
+            raise LoadError("LoRA adapters from the Training tab load on Transformers models; load the model's "
+                            "Transformers form with the adapter, or export the merged model to GGUF.")
         n_threads = options.n_threads or physical_cores()
         gpu = gpu_offload_supported()
         n_gpu_layers = options.n_gpu_layers
@@ -154,6 +157,29 @@ class LlamaCppBackend(Backend):
         if len(prompt) - 1 > keep:
             llm.eval(prompt[keep:-1])
         return keep
+
+    def score_window(self, ids: list[int]) -> float:
+        """Evaluate the window batch by batch with logits for every position."""
+        import llama_cpp
+        import numpy as np
+
+        from .perplexity import log_softmax_nll
+
+        llm = self.llm
+        if len(ids) > llm.n_ctx():
+            raise WorkbenchError(f"The perplexity window ({len(ids)} tokens) is larger than the context ({llm.n_ctx()}).")
+        llm._ctx.kv_cache_clear()
+        llm.n_tokens = 0  # the next generation must not reuse this KV cache as a prompt prefix
+        n_vocab, n_batch, nll = llm.n_vocab(), llm.n_batch, 0.0
+        for start in range(0, len(ids), n_batch):
+            piece = ids[start:start + n_batch]
+            llm._batch.set_batch(piece, n_past=start, logits_all=True)
+            llm._ctx.decode(llm._batch)
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm._ctx.ctx), shape=(len(piece), n_vocab))
+            targets = ids[start + 1:start + 1 + len(piece)]
+            nll += log_softmax_nll(logits[:len(targets)], targets)
+        llm._ctx.kv_cache_clear()
+        return nll
 
     def unload(self) -> None:
         if self.llm is not None:

@@ -155,6 +155,8 @@ class TransformersBackend(Backend):
             ) from e
         except (OSError, ValueError, RuntimeError, KeyError, ImportError, TypeError) as e:
             raise LoadError(f"{self.name} could not load {os.path.basename(detection.path)} ({brief(e)}).") from e
+        if options.adapter:
+            self.model = self.apply_adapter(options.adapter)
         self.model.eval()
         self.template = getattr(self.tokenizer, "chat_template", None) or detection.chat_template
         limit = detection.context_length or options.n_ctx
@@ -174,6 +176,22 @@ class TransformersBackend(Backend):
             chat_template=bool(self.template),
             details={"device_map": {k: str(v) for k, v in device_map.items()} if device_map else None},
         )
+
+    merge_adapter = True  # fold LoRA weights into the base weights: generation runs at the base model's speed
+
+    def apply_adapter(self, folder: str):
+        """The loaded model with the LoRA adapter in `folder` (safetensors only) applied."""
+        if not os.path.isfile(os.path.join(folder, "adapter_config.json")):
+            raise LoadError(f"{folder} is not a LoRA adapter folder (no adapter_config.json); pick a finished run.")
+        if not os.path.isfile(os.path.join(folder, "adapter_model.safetensors")):
+            raise LoadError(f"The adapter in {folder} has no adapter_model.safetensors; only safetensors adapters load.")
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(self.model, folder, is_trainable=False)
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+            raise LoadError(f"The LoRA adapter does not fit this model ({brief(e)}); load the model it was trained on.") from e
+        return model.merge_and_unload() if self.merge_adapter else model
 
     def describe_dtype(self) -> str:
         return str(self.model.dtype).replace("torch.", "")
@@ -268,6 +286,15 @@ class TransformersBackend(Backend):
             self._cache, self._cache_ids, self._last_logits = None, [], None
             raise GenerationError(f"{self.name} failed while generating ({brief(e)}); try a shorter prompt or reload.") from e
         yield DoneEvent(reason, len(prompt), n, cached)
+
+    def score_window(self, ids: list[int]) -> float:
+        import torch
+
+        from .perplexity import log_softmax_nll
+
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([ids], device=self._input_device()), use_cache=False)
+        return log_softmax_nll(out.logits[0, :-1].float().cpu().numpy(), ids[1:])
 
     def unload(self) -> None:
         self.model = self.tokenizer = self._cache = self._last_logits = None

@@ -31,6 +31,9 @@ def describe(detection: Detection) -> dict:
     return row
 
 
+MAX_PERPLEXITY_CHARS = 2_000_000
+
+
 class ModelService:
     def __init__(self, paths: Paths, slot: str = "main"):
         self.paths = paths
@@ -182,6 +185,25 @@ class ModelService:
 
     def tokenize(self, text: str) -> list[int]:
         return self._require_worker().tokenize(text)
+
+    def perplexity(self, text: str, window: int | None = None, on_progress=None) -> dict:
+        """Perplexity of `text` under the loaded model, in windows of `window` tokens (default: min(context, 512))."""
+        if not isinstance(text, str) or not text.strip():
+            raise WorkbenchError("Give some text to measure perplexity on.")
+        if len(text) > MAX_PERPLEXITY_CHARS:
+            raise WorkbenchError(f"The text has {len(text):,} characters; perplexity takes up to "
+                                 f"{MAX_PERPLEXITY_CHARS:,}, use a shorter file.")
+        worker = self._require_worker()
+        n_ctx = self._info["n_ctx"]
+        window = window or min(n_ctx, 512)
+        if not 2 <= window <= n_ctx:
+            raise WorkbenchError(f"The window must be between 2 and the context size ({n_ctx}) tokens.")
+        try:
+            result = worker.perplexity(text, window, on_progress)
+        except WorkerDied:
+            self._forget_dead(worker)
+            raise
+        return {**result, "model": self._info["name"], "backend": self._info["backend"]}
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         """How many tokens the request's prompt takes (chat template included)."""

@@ -44,20 +44,21 @@ def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_fol
         conv_id = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1, min_width=220):
-                conversations = gr.Dropdown(conversation_choices(chat), value=None, label="Saved conversations")
-                new_chat = gr.Button("New chat")
+                conversations = gr.Dropdown(conversation_choices(chat), value=None, label="Saved conversations",
+                                            elem_id="conversations")
+                new_chat = gr.Button("New chat", elem_id="new-chat")
                 title = gr.Textbox(label="Title", placeholder="rename the open conversation")
                 rename = gr.Button("Rename")
                 delete = gr.Button("Delete conversation", variant="stop")
                 export = gr.Button("Export as Markdown")
                 exported = gr.File(label="Export", interactive=False)
             with gr.Column(scale=4):
-                chatbot = gr.Chatbot(label="Conversation", height=460)
+                chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="chatbot")
                 with gr.Row():
                     message = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, scale=8,
-                                         lines=2)
-                    send = gr.Button("Send", variant="primary", scale=1)
-                    stop = gr.Button("Stop", scale=1)
+                                         lines=2, elem_id="chat-input")
+                    send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+                    stop = gr.Button("Stop", scale=1, elem_id="stop")
                 with gr.Row():
                     regenerate = gr.Button("Regenerate")
                     cont = gr.Button("Continue")
@@ -66,12 +67,13 @@ def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_fol
                 with gr.Row():
                     turn_number = gr.Number(1, precision=0, minimum=1, label="Turn #", scale=1)
                     delete_turn = gr.Button("Delete that turn", scale=1)
-                stats = gr.Markdown()
-                with gr.Accordion("Settings", open=False):
+                stats = gr.Markdown(elem_id="chat-stats")
+                with gr.Accordion("Settings", open=False, elem_id="chat-settings"):
                     system = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=2)
                     with gr.Row():
-                        preset = gr.Dropdown(presets.names(), value=None, label="Generation preset", scale=2)
-                        apply_preset = gr.Button("Apply", scale=1)
+                        preset = gr.Dropdown(presets.names(), value=None, label="Generation preset", scale=2,
+                                             elem_id="generation-preset")
+                        apply_preset = gr.Button("Apply", scale=1, elem_id="apply-preset")
                         preset_name = gr.Textbox(label="Save settings as", scale=2)
                         save_preset = gr.Button("Save preset", scale=1)
                         delete_preset = gr.Button("Delete preset", scale=1)
@@ -84,8 +86,9 @@ def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_fol
                     with gr.Row():
                         repetition_penalty = gr.Slider(0.8, 2, value=balanced.repetition_penalty, step=0.01,
                                                        label="Repetition penalty")
-                        max_tokens = gr.Slider(1, 4096, value=balanced.max_tokens, step=1, label="Max new tokens")
-                        seed = gr.Number(-1, precision=0, label="Seed", info="-1 = random")
+                        max_tokens = gr.Slider(1, 4096, value=balanced.max_tokens, step=1, label="Max new tokens",
+                                               elem_id="max-tokens")
+                        seed = gr.Number(-1, precision=0, label="Seed", info="-1 = random", elem_id="seed")
     sliders = [temperature, top_p, top_k, min_p, repetition_penalty, max_tokens, seed]
 
     def open_or_new(cid: str | None, system_prompt: str) -> Conversation:

@@ -100,7 +100,7 @@ def build_model_tab(models: ModelService, profiles: ProfileStore, defaults: Load
     with gr.Tab("Model"):
         with gr.Row():
             model_name = gr.Dropdown(names, value=selected,
-                                     label="Model (from models/)", scale=4)
+                                     label="Model (from models/)", scale=4, elem_id="model-name")
             loader = gr.Radio(LOADERS, value=default_loader, label="Loader", scale=3,
                               info="auto picks from the file contents")
             refresh = gr.Button("Refresh list", scale=1)
@@ -137,12 +137,13 @@ def build_model_tab(models: ModelService, profiles: ProfileStore, defaults: Load
                 max_vram = gr.Number(defaults.max_vram_gib or 0, label="VRAM cap (GiB)", info="0 = none")
         with gr.Row():
             plan_chart = gr.BarPlot(first_chart, x="device", y="MiB", color="part",
-                                    label="Memory plan (before loading)", height=260, scale=2)
-            plan_text = gr.Markdown(first_text)
+                                    label="Memory plan (before loading)", height=260, scale=2,
+                                    elem_id="plan-chart")
+            plan_text = gr.Markdown(first_text, elem_id="plan-text")
         with gr.Row():
-            load = gr.Button("Load", variant="primary")
-            unload = gr.Button("Unload")
-        status = gr.Markdown(format_status(loaded))
+            load = gr.Button("Load", variant="primary", elem_id="load-model")
+            unload = gr.Button("Unload", elem_id="unload-model")
+        status = gr.Markdown(format_status(loaded), elem_id="model-status")
         plan_button = gr.Button("Show plan", visible=False)  # the plan as an API endpoint
         refresh_timer = gr.Timer(5)
 

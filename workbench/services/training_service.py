@@ -1,0 +1,254 @@
+"""Training runs as the app sees them: start, list, follow, cancel, resume, delete.
+
+Each run is its own process (`workbench.training.runner`) writing into
+user_data/runs/<name>/; this service only writes the run's config, starts or signals the
+process and reads the files back, so a page reload or an app restart re-attaches to a run
+simply by reading its folder. Names from a browser resolve inside their folders (models/,
+datasets/, user_data/runs/); the CLI may pass its own paths.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from ..errors import WorkbenchError
+from ..paths import Paths, resolve_entry, resolve_inside
+from ..training.config import LORA, RUN_NAME, SCRATCH, TrainConfig, TrainConfigError
+from ..training.run_files import CANCELLED, FAILED, INTERRUPTED, RUNNING, RunFiles
+
+DATASET_SUFFIXES = (".txt", ".md", ".json", ".jsonl")
+
+
+class RunError(WorkbenchError):
+    """A run cannot be started, found or changed as asked."""
+
+
+@dataclass
+class RunStatus:
+    name: str
+    method: str
+    status: str                 # running, completed, failed, cancelled, interrupted
+    step: int
+    max_steps: int
+    loss: float | None
+    eval_loss: float | None
+    eta_s: float | None         # seconds left, from the recent step times
+    error: str | None
+    output: str | None
+    perplexity_before: float | None
+    perplexity_after: float | None
+    resumable: bool
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and "workbench.training.runner" in " ".join(proc.cmdline())
+    except Exception:  # noqa: BLE001 - gone, or not ours
+        return False
+
+
+def eta_seconds(rows: list[dict]) -> float | None:
+    steps = [r for r in rows if "loss" in r and r.get("step_s")]
+    if not steps:
+        return None
+    recent = [r["step_s"] for r in steps[-10:]]
+    last = steps[-1]
+    left = max(0, (last.get("max_steps") or 0) - last["step"])
+    return left * sorted(recent)[len(recent) // 2]
+
+
+class TrainingService:
+    def __init__(self, paths: Paths):
+        self.paths = paths
+        self._procs: dict[str, subprocess.Popen] = {}  # children of this app, reaped when they end
+
+    # names ---------------------------------------------------------------
+    def run_files(self, name: str) -> RunFiles:
+        if not isinstance(name, str) or not RUN_NAME.match(name):
+            raise RunError(f"Run name {name!r} is not allowed; use letters, digits, '-', '_' or '.'.")
+        return RunFiles(resolve_inside(self.paths.runs, name, "run"))
+
+    def datasets(self) -> list[str]:
+        folder = self.paths.datasets
+        if not os.path.isdir(folder):
+            return []
+        return sorted(f for f in os.listdir(folder) if f.lower().endswith(DATASET_SUFFIXES) and not f.startswith("."))
+
+    def dataset_path(self, name: str) -> str:
+        path = resolve_inside(self.paths.datasets, name, "dataset")
+        if not os.path.isfile(path):
+            raise RunError(f"There is no dataset {name!r} in datasets/; put your file there or upload it.")
+        return path
+
+    def _resolve(self, config: TrainConfig, trusted_paths: bool) -> TrainConfig:
+        """The config with every name turned into a checked absolute path."""
+        def model(name):
+            if trusted_paths and os.path.exists(name):
+                return os.path.abspath(name)
+            return resolve_entry(self.paths.models, name)
+
+        def dataset(name):
+            if trusted_paths and os.path.isfile(name):
+                return os.path.abspath(name)
+            return self.dataset_path(name)
+
+        resolved = TrainConfig(**config.to_dict())
+        if config.method == LORA:
+            resolved.base_model = model(config.base_model)
+        elif config.tokenizer != "byte":
+            resolved.tokenizer = model(config.tokenizer)
+        resolved.dataset = dataset(config.dataset)
+        if config.validation_file:
+            resolved.validation_file = dataset(config.validation_file)
+        return resolved.validate()
+
+    # lifecycle -----------------------------------------------------------
+    def start(self, config: TrainConfig, trusted_paths: bool = False) -> RunStatus:
+        """Write the run folder and start its process."""
+        config.validate()
+        run = self.run_files(config.name)
+        if os.path.exists(run.folder):
+            raise RunError(f"A run named {config.name!r} already exists; pick another name, or resume or delete it.")
+        resolved = self._resolve(config, trusted_paths)
+        output = None
+        if config.method == SCRATCH:
+            output_name = config.output_model or config.name
+            output = resolve_inside(self.paths.models, output_name, "model")
+            if os.path.exists(output):
+                raise RunError(f"models/{output_name} already exists; choose another output model name.")
+        os.makedirs(run.folder)
+        from ..atomic import write_text_atomic
+
+        write_text_atomic(run.config, resolved.to_yaml())
+        run.update_state(status=RUNNING, method=config.method, created=time.time(), output_path=output)
+        self._launch(run)
+        return self.status(config.name)
+
+    def _launch(self, run: RunFiles) -> None:
+        env = dict(os.environ, WORKBENCH_ROOT=self.paths.root, PYTHONUNBUFFERED="1")
+        log = open(run.log, "ab")
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "workbench.training.runner", run.folder],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        run.update_state(status=RUNNING, pid=proc.pid)
+        self._procs[run.name] = proc
+
+    def resume(self, name: str) -> RunStatus:
+        run = self.run_files(name)
+        current = self.status(name)
+        if current.status == RUNNING:
+            raise RunError(f"Run {name!r} is already running.")
+        if not current.resumable:
+            raise RunError(f"Run {name!r} has {current.status}; there is nothing to resume.")
+        try:
+            os.unlink(run.cancel_flag)
+        except FileNotFoundError:
+            pass
+        self._launch(run)
+        return self.status(name)
+
+    def cancel(self, name: str) -> RunStatus:
+        """Ask the run to save a checkpoint and stop (it finishes its current step first)."""
+        run = self.run_files(name)
+        current = self.status(name)
+        if current.status != RUNNING:
+            raise RunError(f"Run {name!r} is not running ({current.status}).")
+        with open(run.cancel_flag, "w"):
+            pass
+        pid = run.read_state().get("pid")
+        if _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+        return current
+
+    def wait(self, name: str, timeout: float) -> RunStatus:
+        """Block until the run is no longer running (or the timeout passes); for the CLI and tests."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            status = self.status(name)
+            if status.status != RUNNING:
+                return status
+            time.sleep(0.5)
+        return self.status(name)
+
+    def delete(self, name: str) -> None:
+        run = self.run_files(name)
+        if not os.path.isdir(run.folder):
+            raise RunError(f"There is no run {name!r}.")
+        if self.status(name).status == RUNNING:
+            raise RunError(f"Run {name!r} is running; cancel it before deleting it.")
+        shutil.rmtree(run.folder)
+
+    # reading -------------------------------------------------------------
+    def names(self) -> list[str]:
+        if not os.path.isdir(self.paths.runs):
+            return []
+        runs = [n for n in os.listdir(self.paths.runs) if RUN_NAME.match(n) and os.path.isdir(os.path.join(self.paths.runs, n))]
+        return sorted(runs, key=lambda n: os.path.getmtime(os.path.join(self.paths.runs, n)), reverse=True)
+
+    def status(self, name: str) -> RunStatus:
+        run = self.run_files(name)
+        if not os.path.isdir(run.folder):
+            raise RunError(f"There is no run {name!r}.")
+        proc = self._procs.get(name)
+        if proc is not None and proc.poll() is not None:
+            del self._procs[name]
+        state = run.read_state()
+        status = state.get("status") or FAILED
+        if status == RUNNING and not _alive(state.get("pid")):
+            status = INTERRUPTED
+        rows = run.read_metrics()
+        steps = [r for r in rows if "loss" in r]
+        evals = [r for r in rows if "eval_loss" in r]
+        last = steps[-1] if steps else {}
+        return RunStatus(
+            name=name,
+            method=state.get("method", "?"),
+            status=status,
+            step=last.get("step", 0),
+            max_steps=last.get("max_steps", 0),
+            loss=last.get("loss"),
+            eval_loss=evals[-1]["eval_loss"] if evals else None,
+            eta_s=eta_seconds(rows) if status == RUNNING else None,
+            error=state.get("error") if status == FAILED else None,
+            output=state.get("output"),
+            perplexity_before=state.get("perplexity_before"),
+            perplexity_after=state.get("perplexity_after"),
+            resumable=status in (CANCELLED, INTERRUPTED, FAILED) and os.path.isfile(run.config),
+        )
+
+    def metrics(self, name: str) -> list[dict]:
+        return self.run_files(name).read_metrics()
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        return self.run_files(name).log_tail(lines)
+
+    def config(self, name: str) -> TrainConfig:
+        run = self.run_files(name)
+        try:
+            with open(run.config, encoding="utf-8") as f:
+                return TrainConfig.from_yaml(f.read(), f"runs/{name}/config.yaml")
+        except FileNotFoundError as e:
+            raise RunError(f"Run {name!r} has no config.yaml; it cannot be resumed.") from e
+        except TrainConfigError:
+            raise
+
+    def stop_all(self) -> None:
+        """Leave runs going when the app exits: they are their own processes and re-attach on restart."""
+        self._procs.clear()
