@@ -37,6 +37,48 @@ else
   say "packages already installed"
 fi
 
+# The browser tests (tests/e2e) drive Debian's chromium through Playwright; Playwright's own
+# browser download is never used.
+if command -v chromium >/dev/null 2>&1; then
+  say "chromium present for the browser tests: $(command -v chromium)"
+elif command -v apt-get >/dev/null 2>&1; then
+  sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    sudo=(sudo)
+    [ -t 0 ] || sudo=(sudo -n)  # no terminal to type a password into: fail instead of waiting
+  fi
+  say "installing Debian's chromium for the browser tests (apt-get)"
+  apt_install() { ${sudo[@]+"${sudo[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get "$@" >/dev/null 2>&1; }
+  if apt_install install -y --no-install-recommends chromium \
+      || { apt_install update && apt_install install -y --no-install-recommends chromium; } \
+      && command -v chromium >/dev/null 2>&1; then
+    say "chromium installed: $(command -v chromium)"
+  else
+    say "could not install chromium with apt-get; the browser tests will be skipped"
+  fi
+else
+  say "no chromium and no apt-get to install it; the browser tests will be skipped"
+fi
+
+CONVERTER=.venv/share/llama.cpp-convert
+LCP_PKG=$(grep '^llama-cpp-python==' requirements.txt)
+if [ -f "$CONVERTER/convert_hf_to_gguf.py" ] && [ "$(cat "$CONVERTER/.version" 2>/dev/null)" = "$LCP_PKG" ]; then
+  say "GGUF converter present ($CONVERTER)"
+else
+  say "unpacking llama.cpp's GGUF converter from the $LCP_PKG source package (for GGUF export)"
+  ctmp=$(mktemp -d)
+  if .venv/bin/python -m pip download -q --no-deps --no-binary :all: "$LCP_PKG" -d "$ctmp" 2>&1 | grep -v WARNING; \
+     tar -xzf "$ctmp"/llama_cpp_python-*.tar.gz -C "$ctmp" --wildcards --strip-components=3 \
+       '*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/conversion/*' '*/vendor/llama.cpp/gguf-py/*' 2>/dev/null; then
+    rm -rf "$CONVERTER" && mkdir -p "$CONVERTER"
+    mv "$ctmp/convert_hf_to_gguf.py" "$ctmp/conversion" "$ctmp/gguf-py" "$CONVERTER/"
+    echo "$LCP_PKG" > "$CONVERTER/.version"
+  else
+    say "could not unpack the GGUF converter; GGUF export will say so (everything else works)"
+  fi
+  rm -rf "$ctmp"
+fi
+
 mkdir -p models user_data
 if [ -f "models/$SAMPLE_FILE" ] && echo "$SAMPLE_SHA256  models/$SAMPLE_FILE" | sha256sum -c --status; then
   say "sample model present: models/$SAMPLE_FILE"

@@ -1,4 +1,6 @@
-"""Headless command line: `python -m workbench models|inspect|generate|convert ...`.
+"""Headless command line: `python -m workbench models|inspect|generate|plan|convert ...`.
+
+Training, evaluation and export commands live in `cli_training.py`.
 
 Parses flags, builds the services, calls them, prints. Bad input gives one line on
 stderr and exit code 2; nothing here knows about engines.
@@ -245,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--group-size", type=int, default=128, help="--to gptq: quantization group size")
     c.add_argument("--calibration", help="--to gptq: calibration text file (default: built-in sample)")
     c.set_defaults(func=cmd_convert)
+
+    from .cli_training import add_training_commands
+
+    add_training_commands(sub, add_load_flags)
     return p
 
 

@@ -121,6 +121,7 @@ def make_callback(run: RunFiles, config: TrainConfig, stop_requested):
             self.cancelled = False
             self.early_stopped = False
             self.last_time = time.time()
+            self.last_eval_step = -1
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
@@ -135,8 +136,10 @@ def make_callback(run: RunFiles, config: TrainConfig, stop_requested):
                 self.last_time = now
             if "eval_loss" in row:
                 row["eval_perplexity"] = math.exp(min(row["eval_loss"], 50))
-            if len(row) <= 5:
-                return
+            if len(row) <= 5 or ("eval_loss" in row and state.global_step == self.last_eval_step):
+                return  # nothing to record, or the final evaluation repeating the last one
+            if "eval_loss" in row:
+                self.last_eval_step = state.global_step
             run.append_metrics(row)
             print(f"step {state.global_step}/{state.max_steps} " + " ".join(
                 f"{k}={v:.4g}" for k, v in row.items() if k in ("loss", "eval_loss", "learning_rate")), flush=True)
