@@ -99,6 +99,7 @@ def main(argv=None) -> int:
     from workbench.services.compare_service import CompareService
     from workbench.services.conversations import ConversationStore
     from workbench.services.model_service import ModelService
+    from workbench.services.training_service import TrainingService
     from workbench.ui.app import build_app
 
     args = parse_args(argv)
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
     second = ModelService(paths, slot="b")
     compare = CompareService(models, second)
     app = build_app(models, chat, compare, profiles, presets, options, os.path.join(paths.user_data, "exports"),
-                    args.loader)
+                    TrainingService(paths), args.loader)
     share = args.share
     if share and not share_reachable():
         print("[webui] --share needs the internet and Gradio's share server is unreachable; serving locally only.",

@@ -19,7 +19,6 @@ import sys
 import time
 from dataclasses import asdict, fields
 
-from .errors import WorkbenchError
 from .training.config import TrainConfig, TrainConfigError
 
 
@@ -106,15 +105,6 @@ def cmd_runs(args, paths) -> int:
     return 0
 
 
-def _adapter_path(service, run: str) -> tuple[str, str]:
-    """(base model path, adapter folder) of a finished LoRA run."""
-    config = service.config(run)
-    adapter = service.run_files(run).adapter
-    if config.method != "lora" or not os.path.isdir(adapter):
-        raise WorkbenchError(f"Run {run!r} has no finished LoRA adapter.")
-    return config.base_model, adapter
-
-
 def cmd_eval(args, paths) -> int:
     from .cli import load_options_from_args
     from .services.model_service import ModelService
@@ -125,7 +115,7 @@ def cmd_eval(args, paths) -> int:
     options = load_options_from_args(args, paths)
     path = args.path
     if args.adapter:
-        path, options.adapter = _adapter_path(TrainingService(paths), args.adapter)
+        path, options.adapter = TrainingService(paths).adapter_of(args.adapter)
     service = ModelService(paths)
     try:
         service.load(service.locate(path), args.loader, options)
@@ -152,10 +142,13 @@ def cmd_export(args, paths) -> int:
     def progress(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    adapter = None
-    source = args.source
-    if not os.path.exists(source):
-        source, adapter = _adapter_path(TrainingService(paths), args.source)
+    from .services.model_service import ModelService
+
+    service, adapter, source = TrainingService(paths), None, args.source
+    if source in service.names():
+        source, adapter = service.adapter_of(source)
+    else:
+        source = ModelService(paths).locate(source)
     print(export(args.to, source, args.out, adapter=adapter, progress=progress, outtype=args.gguf_type,
                  bits=args.bits, group_size=128, calibration=args.calibration))
     return 0

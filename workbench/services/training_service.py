@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from ..errors import WorkbenchError
 from ..paths import Paths, resolve_entry, resolve_inside
 from ..training.config import LORA, RUN_NAME, SCRATCH, TrainConfig, TrainConfigError
+from ..training.estimate import TrainEstimate
 from ..training.run_files import CANCELLED, FAILED, INTERRUPTED, RUNNING, RunFiles
 
 DATASET_SUFFIXES = (".txt", ".md", ".json", ".jsonl")
@@ -91,7 +92,7 @@ class TrainingService:
             raise RunError(f"There is no dataset {name!r} in datasets/; put your file there or upload it.")
         return path
 
-    def _resolve(self, config: TrainConfig, trusted_paths: bool) -> TrainConfig:
+    def _resolve(self, config: TrainConfig, trusted_paths: bool, need_dataset: bool = True) -> TrainConfig:
         """The config with every name turned into a checked absolute path."""
         def model(name):
             if trusted_paths and os.path.exists(name):
@@ -108,10 +109,38 @@ class TrainingService:
             resolved.base_model = model(config.base_model)
         elif config.tokenizer != "byte":
             resolved.tokenizer = model(config.tokenizer)
+        if not need_dataset:
+            return resolved
         resolved.dataset = dataset(config.dataset)
         if config.validation_file:
             resolved.validation_file = dataset(config.validation_file)
         return resolved.validate()
+
+    def estimate(self, config: TrainConfig, trusted_paths: bool = False) -> TrainEstimate:
+        """Memory the run will need (see training/estimate.py), from the model's files, before anything loads."""
+        from ..detect import detect
+        from ..training.estimate import estimate, scratch_parameters
+
+        resolved = self._resolve(config, trusted_paths, need_dataset=False)
+        if config.method == LORA:
+            d = detect(resolved.base_model)
+            if not (d.parameter_count and d.embedding_size and d.n_layers and d.vocab_size):
+                raise RunError(f"The files of {os.path.basename(d.path)} do not say its size; cannot estimate memory.")
+            stored = 4.0 if (d.quantization or "").startswith(("float32", "f32")) else 2.0
+            return estimate(resolved, d.parameter_count, d.embedding_size, d.n_layers, d.vocab_size, stored)
+        vocab = 260 if config.tokenizer == "byte" else (detect(resolved.tokenizer).vocab_size or 50000)
+        return estimate(resolved, scratch_parameters(resolved, vocab), config.n_embd, config.n_layer, vocab)
+
+    def check_memory(self, config: TrainConfig, trusted_paths: bool = False) -> str:
+        """Refuse a run that cannot fit in this machine's RAM; return the estimate's summary."""
+        from ..hardware import detect_hardware
+
+        need = self.estimate(config, trusted_paths)
+        hw = detect_hardware()
+        if need.total > hw.ram_total_bytes:
+            raise RunError(f"This run needs {need.summary()}, more than this machine's "
+                           f"{hw.ram_total_bytes / 2**30:.1f} GiB of RAM; lower the batch size or the cutoff length.")
+        return need.summary()
 
     # lifecycle -----------------------------------------------------------
     def start(self, config: TrainConfig, trusted_paths: bool = False) -> RunStatus:
@@ -120,6 +149,7 @@ class TrainingService:
         run = self.run_files(config.name)
         if os.path.exists(run.folder):
             raise RunError(f"A run named {config.name!r} already exists; pick another name, or resume or delete it.")
+        self.check_memory(config, trusted_paths)
         resolved = self._resolve(config, trusted_paths)
         output = None
         if config.method == SCRATCH:
@@ -248,6 +278,79 @@ class TrainingService:
             raise RunError(f"Run {name!r} has no config.yaml; it cannot be resumed.") from e
         except TrainConfigError:
             raise
+
+    # preparing and using ------------------------------------------------------
+    def preview(self, config: TrainConfig, trusted_paths: bool = False) -> dict:
+        """Counts, problems and one rendered example of the config's dataset, as the run will see it."""
+        from ..training.dataset import load_dataset, preview, split_examples, tokenize_dataset
+        from ..training.model_setup import chat_template_of, load_tokenizer
+
+        resolved = self._resolve(config, trusted_paths)
+        if resolved.method == LORA:
+            from ..training.model_setup import check_base_model
+
+            check_base_model(resolved.base_model)
+        tokenizer = load_tokenizer(resolved)
+        template = chat_template_of(tokenizer)
+        raw = load_dataset(resolved.dataset)
+        examples = tokenize_dataset(raw, tokenizer, resolved.cutoff_len, resolved.overlap, template)
+        info = preview(raw, examples, tokenizer, template)
+        if resolved.validation_file:
+            info["train_examples"], info["validation_examples"] = len(examples.input_ids), "separate file"
+        else:
+            train, val = split_examples(examples, resolved.validation_fraction, resolved.seed)
+            info["train_examples"], info["validation_examples"] = len(train.input_ids), len(val.input_ids) if val else 0
+        return info
+
+    def save_upload(self, source_path: str, filename: str) -> str:
+        """Copy an uploaded file into datasets/ under a safe version of its name; return that name."""
+        import re
+
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(filename or "dataset.txt")).lstrip(".") or "dataset.txt"
+        if not base.lower().endswith(DATASET_SUFFIXES):
+            raise RunError(f"{base} is not a .txt, .md, .json or .jsonl file; upload training text or JSON rows.")
+        os.makedirs(self.paths.datasets, exist_ok=True)
+        stem, ext = os.path.splitext(base)
+        name, n = base, 1
+        while os.path.exists(os.path.join(self.paths.datasets, name)):
+            n += 1
+            name = f"{stem}-{n}{ext}"
+        target = resolve_inside(self.paths.datasets, name, "dataset")
+        from ..training.dataset import MAX_DATASET_BYTES
+
+        if os.path.getsize(source_path) > MAX_DATASET_BYTES:
+            raise RunError(f"The upload is larger than {MAX_DATASET_BYTES // 2**20} MiB; split it into smaller files.")
+        tmp = target + ".part"
+        shutil.copyfile(source_path, tmp)
+        os.replace(tmp, target)
+        return name
+
+    def adapter_of(self, name: str) -> tuple[str, str]:
+        """(base model path, adapter folder) of a finished LoRA run."""
+        config = self.config(name)
+        adapter = self.run_files(name).adapter
+        if config.method != LORA or not os.path.isfile(os.path.join(adapter, "adapter_model.safetensors")):
+            raise RunError(f"Run {name!r} has no finished LoRA adapter; a completed LoRA run has one.")
+        return config.base_model, adapter
+
+    def job(self, args: list[str]):
+        """Run `python -m workbench ARGS` (a conversion or export) and yield its progress lines.
+
+        In its own process so the app never holds the weights; raises RunError with the
+        command's last line when it fails.
+        """
+        env = dict(os.environ, WORKBENCH_ROOT=self.paths.root, PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen([sys.executable, "-m", "workbench", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, env=env,
+                                cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+        last = ""
+        for line in proc.stdout:
+            line = line.strip()
+            if line:
+                last = line
+                yield line
+        if proc.wait() != 0:
+            raise RunError(last.removeprefix("error: ") or f"The job ended with exit code {proc.returncode}.")
 
     def stop_all(self) -> None:
         """Leave runs going when the app exits: they are their own processes and re-attach on restart."""

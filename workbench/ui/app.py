@@ -10,18 +10,21 @@ from ..profiles import ProfileStore
 from ..services.chat_service import ChatService
 from ..services.model_service import ModelService
 from ..services.compare_service import CompareService
+from ..services.training_service import TrainingService
 from .chat_tab import build_chat_tab
 from .compare_tab import build_compare_tab
 from .model_tab import build_model_tab
+from .training_tab import build_training_tab
 
 
 def build_app(models: ModelService, chat: ChatService, compare: CompareService, profiles: ProfileStore,
               presets: GenerationPresetStore, load_defaults: LoadOptions, export_folder: str,
-              loader: str = "auto") -> gr.Blocks:
+              training: TrainingService, loader: str = "auto") -> gr.Blocks:
     with gr.Blocks(title="Model Workbench") as app:
         gr.Markdown("## Model Workbench")
         with gr.Tabs():
             build_chat_tab(chat, presets, export_folder)
             build_model_tab(models, profiles, load_defaults, loader)
+            build_training_tab(training, models)
             build_compare_tab(compare)
     return app
