@@ -14,7 +14,6 @@ are the user's own and are trusted; names are looked up in models/ and datasets/
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, fields

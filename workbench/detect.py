@@ -55,11 +55,17 @@ class Detection:
         return d
 
 
+def _shown(path: str, limit: int = 160) -> str:
+    """`path` as it can appear in a one-line message: control characters escaped, a long one shortened."""
+    text = path if path.isprintable() else path.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else text[: limit // 2] + "..." + text[-limit // 2:]
+
+
 def detect(path: str, trust_pickle: bool = False) -> Detection:
     """Detect the model at `path` (a GGUF file, a folder holding one, or a HF-style folder)."""
     path = os.path.abspath(path)
     if not os.path.exists(path):
-        raise DetectionError(f"{path} does not exist; check the name or put the model in models/.")
+        raise DetectionError(f"{_shown(path)} does not exist; check the name or put the model in models/.")
     if os.path.isdir(path):
         return _detect_folder(path, trust_pickle)
     with open(path, "rb") as f:
@@ -229,7 +235,8 @@ def _detect_folder(folder: str, trust_pickle: bool) -> Detection:
         if len(ggufs) == 1:
             return _detect_gguf(os.path.join(folder, ggufs[0]))
         if ggufs:
-            raise DetectionError(f"{folder} holds several GGUF files ({', '.join(ggufs)}); pick one file.")
+            listed = ", ".join(ggufs[:5]) + (f" and {len(ggufs) - 5} more" if len(ggufs) > 5 else "")
+            raise DetectionError(f"{_shown(folder)} holds several GGUF files ({listed}); pick one file.")
         raise DetectionError(f"{folder} has no config.json and no GGUF file, so it is not a model folder.")
     config = _read_json(config_path)
     quant_cfg = config.get("quantization_config")
