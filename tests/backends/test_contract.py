@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from tests.conftest import CAPITAL_QUESTION
-from workbench.errors import WorkerDied
+from workbench.errors import WorkbenchError, WorkerDied
 from workbench.options import GenerationRequest, GenParams, LoadOptions
 from workbench.paths import Paths
 from workbench.services.model_service import ModelService
@@ -146,3 +146,27 @@ def test_autogptq_layout_loads_without_renaming(sample_autogptq, tmp_path):
         assert "Paris" in ask(service, CAPITAL_QUESTION, temperature=0, max_tokens=24)["text"]
     finally:
         service.close()
+
+
+PERPLEXITY_TEXT = (
+    "The river runs through the old town, past the market and the church, and under seven stone bridges. "
+    "In spring the water rises and the fishermen wait on the banks for the first trout of the year. "
+) * 6
+
+
+def test_perplexity_is_finite_and_reports_progress(loaded):
+    service, info, path, backend = loaded
+    seen = []
+    result = service.perplexity(PERPLEXITY_TEXT, window=64, on_progress=lambda done, total: seen.append((done, total)))
+    assert 1.0 < result["perplexity"] < 100.0
+    assert result["windows"] == len(seen) and seen[-1][0] == seen[-1][1] and result["tokens"] > 100
+    # generation after scoring is unaffected (llama.cpp's KV cache was cleared, not reused as a prefix)
+    assert "Paris" in ask(service, CAPITAL_QUESTION, temperature=0, max_tokens=24)["text"]
+
+
+def test_perplexity_refuses_bad_windows(loaded):
+    service, *_ = loaded
+    with pytest.raises(WorkbenchError, match="window must be between 2"):
+        service.perplexity(PERPLEXITY_TEXT, window=4096)
+    with pytest.raises(WorkbenchError, match="Give some text"):
+        service.perplexity("   ")
