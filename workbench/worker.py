@@ -170,6 +170,9 @@ def _raise_from_worker(name: str, message: str):
     raise cls(message)
 
 
+STOP_POLL_S = 0.05  # how often a waiting reader checks its own stop request
+
+
 class ModelWorker:
     """Parent-side handle on one worker process. Calls are serialized by a lock."""
 
@@ -241,14 +244,27 @@ class ModelWorker:
                     _raise_from_worker(reply[1], reply[2])
                 return reply[1]
 
-    def generate(self, request: GenerationRequest) -> Iterator[tuple[str, object]]:
-        """Yield ("token", text) as text comes (a token, or a few when they come fast), then ("done", stats)."""
+    def generate(self, request: GenerationRequest, stop: threading.Event | None = None) -> Iterator[tuple[str, object]]:
+        """Yield ("token", text) as text comes (a token, or a few when they come fast), then ("done", stats).
+
+        `stop`, when set, ends this generation only (not one that runs for another caller):
+        one still waiting for the worker ends without starting.
+        """
         with self._lock:
+            if stop is not None and stop.is_set():
+                yield "done", {"finish_reason": "cancelled", "prompt_tokens": 0, "completion_tokens": 0,
+                               "cached_tokens": 0, "ttft_s": 0.0, "tokens_per_s": 0.0}
+                return
             self._send(("generate", request.to_dict()))
             finished = False
             try:
                 while True:
+                    while stop is not None and not self._conn.poll(STOP_POLL_S):
+                        if stop.is_set():
+                            self._cancel.set()  # repeated while waiting: the child clears it when it starts
                     reply = self._recv()
+                    if stop is not None and stop.is_set():
+                        self._cancel.set()
                     if reply[0] == "token":
                         yield reply
                     elif reply[0] == "done":
@@ -268,7 +284,7 @@ class ModelWorker:
                             break
 
     def cancel(self) -> None:
-        """Stop the running generation at its next token."""
+        """Stop the running generation, whoever asked for it, at its next token."""
         self._cancel.set()
 
     def stop(self, timeout: float = 10.0) -> None:

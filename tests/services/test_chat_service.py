@@ -71,3 +71,37 @@ def test_no_model_is_reported_before_anything_is_saved(tmp_path):
     with pytest.raises(NoModelLoaded):
         last(chat.send(conv, "Hello", GREEDY))
     assert chat.conversations.list() == ([], [])
+
+
+def test_stop_ends_only_the_reply_of_the_session_that_asked(chat):
+    """Two browser tabs share one model: Stop in one must not cut the other's reply."""
+    import threading
+
+    long = GenParams(temperature=0, max_tokens=120)
+    results = {}
+
+    def talk(session):
+        conv = chat.conversations.new("You are a helpful assistant.")
+        results[session] = last(chat.send(conv, "Write a long story about a dragon.", long, session))
+
+    first = threading.Thread(target=talk, args=("tab-a",))
+    first.start()
+    while "tab-a" not in chat._stops:
+        threading.Event().wait(0.01)
+    second = threading.Thread(target=talk, args=("tab-b",))
+    second.start()
+    while "tab-b" not in chat._stops:
+        threading.Event().wait(0.01)
+    chat.stop("tab-b")        # tab b is still waiting for the worker: it ends without running
+    chat.stop("tab-unknown")  # a tab with nothing running: nothing happens
+    second.join(60)
+    first.join(120)
+    assert results["tab-b"].stats["finish_reason"] == "cancelled"
+    assert results["tab-a"].stats["finish_reason"] in ("length", "stop")
+    assert results["tab-a"].stats["completion_tokens"] > 20
+
+    conv = chat.conversations.new("You are a helpful assistant.")
+    chunks = chat.send(conv, "Write a long story about a dragon.", long, "tab-a")
+    next(chunks)
+    chat.stop("tab-a")
+    assert last(chunks).stats["finish_reason"] == "cancelled"

@@ -9,6 +9,7 @@ the per-reply numbers users see. It does not own the model (ModelService), the f
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -44,6 +45,7 @@ class ChatService:
     def __init__(self, models: ModelService, conversations: ConversationStore):
         self.models = models
         self.conversations = conversations
+        self._stops: dict[str, threading.Event] = {}  # session -> the stop request of its running reply
 
     # --- building the request ---------------------------------------------------------
     def fit(self, conv: Conversation, params: GenParams, continue_last: bool = False) -> tuple[GenerationRequest, int]:
@@ -67,37 +69,41 @@ class ChatService:
         return request, dropped
 
     # --- replies ------------------------------------------------------------------------
-    def send(self, conv: Conversation, text: str, params: GenParams) -> Iterator[ReplyChunk]:
-        """Add the user's message, save, stream the reply, save again."""
+    def send(self, conv: Conversation, text: str, params: GenParams, session: str | None = None) -> Iterator[ReplyChunk]:
+        """Add the user's message, save, stream the reply, save again; `stop(session)` ends it."""
         check_message(text)
         self.models.context_size()  # no model loaded: say so before anything is saved
         conv.messages.append({"role": "user", "content": text})
         conv.model = self.models.loaded_name()
         self.conversations.save(conv)
-        yield from self._reply(conv, params, continue_last=False)
+        yield from self._reply(conv, params, False, session)
 
-    def regenerate(self, conv: Conversation, params: GenParams) -> Iterator[ReplyChunk]:
+    def regenerate(self, conv: Conversation, params: GenParams, session: str | None = None) -> Iterator[ReplyChunk]:
         """Replace the last reply with a new one."""
         if conv.messages and conv.messages[-1]["role"] == "assistant":
             conv.messages.pop()
         if not conv.messages:
             raise WorkbenchError("There is nothing to regenerate yet; send a message first.")
-        yield from self._reply(conv, params, continue_last=False)
+        yield from self._reply(conv, params, False, session)
 
-    def continue_reply(self, conv: Conversation, params: GenParams) -> Iterator[ReplyChunk]:
+    def continue_reply(self, conv: Conversation, params: GenParams, session: str | None = None) -> Iterator[ReplyChunk]:
         """Make the last reply longer."""
         if not conv.messages or conv.messages[-1]["role"] != "assistant":
             raise WorkbenchError("There is no reply to continue; send a message first.")
-        yield from self._reply(conv, params, continue_last=True)
+        yield from self._reply(conv, params, True, session)
 
-    def _reply(self, conv: Conversation, params: GenParams, continue_last: bool) -> Iterator[ReplyChunk]:
+    def _reply(self, conv: Conversation, params: GenParams, continue_last: bool,
+               session: str | None) -> Iterator[ReplyChunk]:
         request, dropped = self.fit(conv, params, continue_last)
         start = conv.messages[-1]["content"] if continue_last else ""
         if not continue_last:
             conv.messages.append({"role": "assistant", "content": ""})
         text = start
+        stop = threading.Event()
+        if session is not None:
+            self._stops[session] = stop
         try:
-            for kind, value in self.models.generate(request):
+            for kind, value in self.models.generate(request, stop):
                 if kind == "token":
                     text += value
                     conv.messages[-1]["content"] = text
@@ -107,10 +113,15 @@ class ChatService:
                     stats["conversation_tokens"] = stats["prompt_tokens"] + stats["completion_tokens"]
                     yield ReplyChunk(text, stats)
         finally:
+            if session is not None and self._stops.get(session) is stop:
+                del self._stops[session]
             self.conversations.save(conv)  # whatever came, even after Stop or an error
 
-    def stop(self) -> None:
-        self.models.cancel()
+    def stop(self, session: str) -> None:
+        """End the reply being written for `session` (a browser tab), and no one else's."""
+        stop = self._stops.get(session)
+        if stop is not None:
+            stop.set()
 
 
 def format_stats(stats: dict) -> str:

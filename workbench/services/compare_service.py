@@ -21,17 +21,21 @@ SIDES = ("a", "b")
 class CompareService:
     def __init__(self, a: ModelService, b: ModelService):
         self.slots = {"a": a, "b": b}
+        self._stops: dict[str, threading.Event] = {}  # session -> stop request of its running comparison
 
-    def stream(self, messages: list[dict], params: GenParams) -> Iterator[tuple[str, str, object]]:
-        """Yield (side, "token"|"done"|"error", value) as either model produces it."""
+    def stream(self, messages: list[dict], params: GenParams, session: str | None = None) -> Iterator[tuple[str, str, object]]:
+        """Yield (side, "token"|"done"|"error", value) as either model produces it; `stop(session)` ends both."""
         for side, service in self.slots.items():
             if service.loaded_name() is None:
                 raise WorkbenchError(f"Model {side.upper()} is not loaded; load both models first.")
         events: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        if session is not None:
+            self._stops[session] = stop
 
         def run(side: str, service: ModelService) -> None:
             try:
-                for kind, value in service.generate(GenerationRequest(messages=messages, params=params)):
+                for kind, value in service.generate(GenerationRequest(messages=messages, params=params), stop):
                     events.put((side, kind, value))
             except WorkbenchError as e:
                 events.put((side, "error", str(e)))
@@ -42,16 +46,23 @@ class CompareService:
         for t in threads:
             t.start()
         running = len(threads)
-        while running:
-            side, kind, value = events.get()
-            if kind == "end":
-                running -= 1
-            else:
-                yield side, kind, value
+        try:
+            while running:
+                side, kind, value = events.get()
+                if kind == "end":
+                    running -= 1
+                else:
+                    yield side, kind, value
+        finally:
+            stop.set()  # the reader went away: end both generations
+            if session is not None and self._stops.get(session) is stop:
+                del self._stops[session]
 
-    def stop(self) -> None:
-        for service in self.slots.values():
-            service.cancel()
+    def stop(self, session: str) -> None:
+        """End the comparison running for `session` (a browser tab), and no one else's."""
+        stop = self._stops.get(session)
+        if stop is not None:
+            stop.set()
 
     def memory(self, side: str) -> int | None:
         """Live RSS of that side's worker, in bytes."""

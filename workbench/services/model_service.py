@@ -163,12 +163,12 @@ class ModelService:
                 self._worker, self._info = None, None
 
     # --- use -----------------------------------------------------------------------
-    def generate(self, request: GenerationRequest) -> Iterator[tuple[str, object]]:
-        """Stream ("token", text) events, then ("done", stats)."""
+    def generate(self, request: GenerationRequest, stop: threading.Event | None = None) -> Iterator[tuple[str, object]]:
+        """Stream ("token", text) events, then ("done", stats); setting `stop` ends this generation only."""
         request.params.validate()
         worker = self._require_worker()
         try:
-            yield from worker.generate(request)
+            yield from worker.generate(request, stop)
         except WorkerDied:
             self._forget_dead(worker)
             raise

@@ -96,17 +96,20 @@ def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_fol
         conv.system_prompt = system_prompt
         return conv
 
-    def stream(action, cid, system_prompt, text, *values):
-        """Run one of send/regenerate/continue and stream (chatbot, box, stats, id, list) updates."""
+    def stream(action, session, cid, system_prompt, text, *values):
+        """Run one of send/regenerate/continue and stream (chatbot, box, stats, id, list) updates.
+
+        `session` (the browser tab's Gradio session) is what this tab's Stop button stops.
+        """
         try:
             conv = open_or_new(cid, system_prompt)
             params = params_from(*values)
             if action == "send":
-                chunks = chat.send(conv, text, params)
+                chunks = chat.send(conv, text, params, session)
             elif action == "regenerate":
-                chunks = chat.regenerate(conv, params)
+                chunks = chat.regenerate(conv, params, session)
             else:
-                chunks = chat.continue_reply(conv, params)
+                chunks = chat.continue_reply(conv, params, session)
             first = next(chunks)  # errors (no model, empty message) surface before the box is cleared
         except WorkbenchError as e:
             raise gr.Error(str(e))
@@ -122,14 +125,17 @@ def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_fol
         except WorkbenchError as e:
             yield conv.messages, gr.skip(), f"**Error:** {e}", gr.skip(), gr.skip()
 
-    def on_send(text, cid, system_prompt, *values):
-        yield from stream("send", cid, system_prompt, text, *values)
+    def on_send(request: gr.Request, text, cid, system_prompt, *values):
+        yield from stream("send", request.session_hash, cid, system_prompt, text, *values)
 
-    def on_regenerate(cid, system_prompt, *values):
-        yield from stream("regenerate", cid, system_prompt, "", *values)
+    def on_regenerate(request: gr.Request, cid, system_prompt, *values):
+        yield from stream("regenerate", request.session_hash, cid, system_prompt, "", *values)
 
-    def on_continue(cid, system_prompt, *values):
-        yield from stream("continue", cid, system_prompt, "", *values)
+    def on_continue(request: gr.Request, cid, system_prompt, *values):
+        yield from stream("continue", request.session_hash, cid, system_prompt, "", *values)
+
+    def on_stop(request: gr.Request):
+        chat.stop(request.session_hash)
 
     def on_open(cid):
         if not cid:
@@ -201,7 +207,7 @@ def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_fol
     message.submit(on_send, [message, conv_id, system, *sliders], outputs, api_visibility="private")
     regenerate.click(on_regenerate, [conv_id, system, *sliders], outputs, api_name="regenerate")
     cont.click(on_continue, [conv_id, system, *sliders], outputs, api_name="continue")
-    stop.click(chat.stop, None, None, api_name="stop", queue=False)
+    stop.click(on_stop, None, None, api_name="stop", queue=False)
     edit_last.click(lambda cid: without_turn(cid, None, True), conv_id, [chatbot, message], api_name="edit_last")
     delete_last.click(lambda cid: without_turn(cid, None, False)[0], conv_id, chatbot, api_name="delete_last")
     delete_turn.click(lambda cid, n: without_turn(cid, n, False)[0], [conv_id, turn_number], chatbot,

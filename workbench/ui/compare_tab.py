@@ -58,11 +58,11 @@ def build_compare_tab(compare: CompareService) -> None:
             raise gr.Error(str(e))
         return f"B: `{info['name']}` with {info['backend']} ({info['dtype']})."
 
-    def on_run(text, temp, max_new):
+    def on_run(text, temp, max_new, request: gr.Request):
         try:
             params = GenParams(temperature=float(temp), max_tokens=int(max_new)).validate()
             messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": text}]
-            events = compare.stream(messages, params)
+            events = compare.stream(messages, params, request.session_hash)
         except WorkbenchError as e:
             raise gr.Error(str(e))
         texts, stats = {"a": "", "b": ""}, {"a": "", "b": ""}
@@ -83,4 +83,7 @@ def build_compare_tab(compare: CompareService) -> None:
     unload_b.click(lambda: (b.unload(), "B is not loaded.")[1], None, b_status, api_name="unload_b")
     run.click(on_run, [prompt, temperature, max_tokens], [a_title, b_title, a_text, b_text, a_stats, b_stats],
               api_name="compare", concurrency_limit=1)
-    stop.click(compare.stop, None, None, queue=False, api_name="compare_stop")
+    def on_stop(request: gr.Request):
+        compare.stop(request.session_hash)
+
+    stop.click(on_stop, None, None, queue=False, api_name="compare_stop")
