@@ -19,8 +19,8 @@ from .config import LORA, TrainConfig
 MiB = 1024 * 1024
 TRAIN_PROCESS = 450 * MiB      # python + torch + transformers + Trainer
 PEFT_IMPORTS = 150 * MiB       # peft, which imports gptqmodel and optimum when they are installed
-ACT_BYTES = 34                 # per (token x hidden unit x layer) kept for backward, float32
-LOGIT_COPIES = 3               # logits, their log-softmax and its gradient, float32
+ACT_BYTES = 70                 # per (token x hidden unit x layer) kept for backward (attention + MLP), float32
+LOGIT_COPIES = 5               # logits, their float copy, log-softmax, its gradient and the loss buffer
 
 
 @dataclass
