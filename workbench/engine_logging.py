@@ -21,3 +21,13 @@ def quiet_engines() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def import_quietly(module: str):
+    """Import `module` with its import-time banners (gptqmodel's, pulled in by peft) kept off the log."""
+    import contextlib
+    import importlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return importlib.import_module(module)

@@ -85,8 +85,12 @@ def build_model(config: TrainConfig, tokenizer):
     import torch
 
     if config.method == LORA:
-        from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM
+
+        from ..engine_logging import import_quietly
+
+        peft = import_quietly("peft")
+        LoraConfig, get_peft_model = peft.LoraConfig, peft.get_peft_model
 
         check_base_model(config.base_model)
         model = AutoModelForCausalLM.from_pretrained(config.base_model, dtype=torch.float32, trust_remote_code=False)

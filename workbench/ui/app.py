@@ -25,6 +25,6 @@ def build_app(models: ModelService, chat: ChatService, compare: CompareService, 
         with gr.Tabs():
             build_chat_tab(chat, presets, export_folder)
             build_model_tab(models, profiles, load_defaults, loader)
-            build_training_tab(training, models)
+            build_training_tab(training, models, app)
             build_compare_tab(compare)
     return app

@@ -54,7 +54,8 @@ def status_markdown(status, root: str = ".") -> str:
 def loss_frame(rows: list[dict]) -> pd.DataFrame:
     points = [{"step": r["step"], "loss": r["loss"], "series": "training"} for r in rows if "loss" in r]
     points += [{"step": r["step"], "loss": r["eval_loss"], "series": "validation"} for r in rows if "eval_loss" in r]
-    return pd.DataFrame(points or [{"step": 0, "loss": None, "series": "training"}])
+    frame = pd.DataFrame(points, columns=["step", "loss", "series"])
+    return frame.astype({"step": "int64", "loss": "float64", "series": "str"})
 
 
 def preview_markdown(info: dict) -> str:
@@ -70,7 +71,8 @@ def preview_markdown(info: dict) -> str:
     return "  \n".join(lines)
 
 
-def build_training_tab(training: TrainingService, models: ModelService) -> None:
+def build_training_tab(training: TrainingService, models: ModelService, page: gr.Blocks) -> None:
+    """The tab; `page` is the app, whose load event refreshes the lists (runs started since it was built)."""
     model_names = [r["name"] for r in models.list_models() if "error" not in r]
     runs = training.names()
     with gr.Tab("Training"):
@@ -141,7 +143,8 @@ def build_training_tab(training: TrainingService, models: ModelService) -> None:
                 run_status = gr.Markdown(status_markdown(training.status(runs[0]) if runs else None, training.paths.root),
                                          elem_id="run-status")
                 loss_plot = gr.LinePlot(loss_frame(training.metrics(runs[0]) if runs else []), x="step", y="loss",
-                                        color="series", label="Loss", height=280, elem_id="loss-plot")
+                                        color="series", label="Loss (blue: training, orange: validation)", height=280,
+                                        elem_id="loss-plot")
                 with gr.Row():
                     cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-run")
                     resume = gr.Button("Resume", elem_id="resume-run")
@@ -343,3 +346,15 @@ def build_training_tab(training: TrainingService, models: ModelService) -> None:
     export_button.click(on_export, [run_list, export_kind, export_name], result_text, api_name="export_run")
     ppl_button.click(on_perplexity, [ppl_text, ppl_window], ppl_result, api_name="perplexity")
     timer.tick(run_view, run_list, view, show_progress="hidden", api_visibility="private")
+
+    def on_page_load():
+        names = training.names()
+        datasets = training.datasets()
+        model_choices = [r["name"] for r in models.list_models() if "error" not in r]
+        value = names[0] if names else None
+        return (gr.update(choices=names, value=value), gr.update(choices=datasets), gr.update(choices=[""] + datasets),
+                gr.update(choices=datasets), gr.update(choices=model_choices), gr.update(choices=["byte"] + model_choices),
+                *run_view(value))
+
+    page.load(on_page_load, None, [run_list, dataset, validation_file, ppl_text, base_model, tokenizer, *view],
+              api_visibility="private")
