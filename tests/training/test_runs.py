@@ -101,6 +101,26 @@ def test_lora_lowers_the_loss_and_changes_the_output(lora_run, service, root, sa
     assert scored < lora_run.perplexity_before
 
 
+def test_lora_on_a_gptq_model_trains_and_loads_with_its_adapter(service, root, sample_gptq):
+    (root / "models" / "smol-gptq").symlink_to(sample_gptq)
+    config = TrainConfig(name="gptq-lora", base_model="smol-gptq", dataset="story.txt", cutoff_len=64, overlap=16,
+                         max_steps=6, batch_size=2, learning_rate=2e-3, save_every=6, validation_fraction=0.2)
+    service.start(config)
+    status = service.wait("gptq-lora", 900)
+    assert status.status == "completed", f"{status.error}\n{service.log_tail('gptq-lora')}"
+    assert status.perplexity_after < status.perplexity_before
+    base, adapter = service.adapter_of("gptq-lora")
+    models = ModelService(Paths(str(root)))
+    try:
+        assert greedy(models, base, LoadOptions(n_ctx=512, adapter=adapter)).strip()
+        assert models.status()["backend"] == "gptq"
+    finally:
+        models.close()
+    result = run_cli("export", "gptq-lora", "--to", "gguf", str(root / "models" / "nope.gguf"),
+                     env={"WORKBENCH_ROOT": str(root)})
+    assert result.returncode == 2 and "cannot be merged into its quantized weights" in result.stderr
+
+
 def test_scratch_gpt_trains_loads_and_generates(service, root):
     service.start(scratch_config("scratch1", output_model="tiny-gpt"))
     status = service.wait("scratch1", 600)
@@ -165,6 +185,7 @@ def test_cancel_keeps_a_checkpoint_and_resume_finishes(service):
     ({"dataset": "../story.txt"}, "not paths"),
     ({"dataset": "missing.txt"}, "There is no dataset 'missing.txt'"),
     ({"base_model": SAMPLE_NAME}, "is a GGUF file; make a Transformers copy first"),
+    ({"base_model": "../etc"}, "not paths"),
     ({"base_model": "/etc"}, "not paths"),
     ({"name": "lora1"}, "already exists"),
     ({"target_modules": ["nonexistent_proj"]}, None),

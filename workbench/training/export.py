@@ -36,6 +36,11 @@ def merge_adapter(base: str, adapter: str, out: str, progress: Progress = print)
     """Fold the LoRA adapter at `adapter` into the Transformers model at `base`; save to `out`."""
     if not os.path.isfile(os.path.join(adapter, "adapter_model.safetensors")):
         raise ConversionError(f"{adapter} holds no safetensors LoRA adapter; finish a LoRA run first.")
+    from ..detect import GPTQ, detect
+
+    if detect(base).format == GPTQ:
+        raise ConversionError("An adapter trained on a GPTQ model cannot be merged into its quantized weights; use it "
+                              "with that model (Load in Chat, or --adapter), or train on the Transformers form to export.")
     tmp = _prepare_output(out)
     try:
         from peft import PeftModel

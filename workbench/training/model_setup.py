@@ -1,7 +1,9 @@
 """The model and tokenizer a run trains: a LoRA-wrapped Transformers model, or a new small GPT.
 
 LoRA runs load the base model from its safetensors folder in float32 (CPU training in
-half precision is slower here and less stable) and wrap it with peft. Scratch runs build a
+half precision is slower here and less stable) and wrap it with peft. A GPTQ base model
+loads through GPTQModel (its torch kernel on CPU, which needs bf16) and peft puts the
+LoRA beside the quantized layers, which stay frozen. Scratch runs build a
 Llama-architecture model (the layout every backend and the GGUF converter understand) of
 the size the user chose, with either a byte-level tokenizer (256 byte tokens plus a few
 special ones, nothing to download) or the tokenizer of a model the user has.
@@ -31,13 +33,23 @@ def check_base_model(path: str) -> None:
             f"{os.path.basename(path)} is a GGUF file; make a Transformers copy first (Model tab: Convert, or "
             f"`python -m workbench convert {os.path.basename(path)} --to transformers`) and train that."
         )
-    if detection.format == GPTQ:
-        raise TrainSetupError(
-            "LoRA training on GPTQ models is not supported on this device (GPTQModel trains adapters only on CUDA "
-            "kernels); train on the Transformers form of the model, then export the result to GPTQ."
-        )
-    if detection.format != TRANSFORMERS:
+    if detection.format not in (TRANSFORMERS, GPTQ):
         raise TrainSetupError(f"{os.path.basename(path)} is not a Transformers model folder; LoRA needs one.")
+
+
+def load_gptq_for_training(path: str):
+    """A GPTQ model whose quantized layers peft can wrap with LoRA (GPTQModel's torch kernel on CPU, bf16)."""
+    import torch
+
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        torch._dynamo.config.disable = True  # the torch kernel recompiles per shape otherwise
+    from gptqmodel import BACKEND, GPTQModel
+
+    qmodel = GPTQModel.load(path, backend=BACKEND.AUTO if cuda else BACKEND.TORCH, device="cuda" if cuda else "cpu",
+                            dtype=torch.float16 if cuda else torch.bfloat16, trust_remote_code=False)
+    return qmodel.model
 
 
 def byte_level_tokenizer():
@@ -93,7 +105,10 @@ def build_model(config: TrainConfig, tokenizer):
         LoraConfig, get_peft_model = peft.LoraConfig, peft.get_peft_model
 
         check_base_model(config.base_model)
-        model = AutoModelForCausalLM.from_pretrained(config.base_model, dtype=torch.float32, trust_remote_code=False)
+        if detect(config.base_model).format == GPTQ:
+            model = load_gptq_for_training(config.base_model)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(config.base_model, dtype=torch.float32, trust_remote_code=False)
         names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
         missing = [m for m in config.target_modules if m not in names and m != "all-linear"]
         if missing:

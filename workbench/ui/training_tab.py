@@ -291,7 +291,7 @@ def build_training_tab(training: TrainingService, models: ModelService, page: gr
             progress(0.3, desc="Loading the result in a worker...")
             if status.method == "lora":
                 base, adapter = training.adapter_of(name)
-                models.load(base, "transformers", LoadOptions(n_ctx=2048, adapter=adapter))
+                models.load(base, None, LoadOptions(n_ctx=2048, adapter=adapter))
                 return f"Loaded `{os.path.basename(base)}` with the adapter of **{name}**: chat with it in the Chat tab."
             models.load(status.output, "transformers", LoadOptions(n_ctx=2048))
             return f"Loaded `{os.path.basename(status.output)}`: chat with it in the Chat tab."
