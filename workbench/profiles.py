@@ -21,8 +21,9 @@ from .preset_store import KeyChecker, PresetError, PresetFolder, load_mapping
 ProfileError = PresetError
 PROFILE_KEYS = {"description", "builtin", "assumes", "load"}
 ASSUMES_KEYS = {"ram_gib", "vram_gib"}
-# Load options a profile may set (paths and trust flags are not machine settings).
-PROFILE_LOAD_KEYS = {f.name for f in fields(LoadOptions)} - {"offload_folder", "trust_pickle", "weight_budget"}
+# Load options a profile may set (paths, adapters and trust flags are not machine settings).
+PROFILE_LOAD_KEYS = {f.name for f in fields(LoadOptions)} - {"offload_folder", "trust_pickle", "weight_budget",
+                                                             "adapter"}
 THIS_MACHINE = "this-machine"
 _NUMBER_OR_NONE = (int, float, type(None))
 _LOAD_TYPES = {

@@ -119,7 +119,7 @@ class ConversationStore:
                 continue
             try:
                 c = self.get(name[:-5])
-            except ConversationError as e:
+            except WorkbenchError as e:  # damaged, or a link that leads out of chats/: report, list the rest
                 errors.append(str(e))
                 continue
             rows.append({"id": c.id, "title": c.title, "updated": c.updated, "turns": len(c.messages)})
