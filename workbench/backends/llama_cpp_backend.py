@@ -32,6 +32,33 @@ def gpu_offload_supported() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
+class _UnusedChatFormatter:
+    """Stands in for llama-cpp-python's Jinja2ChatFormatter while a model loads.
+
+    `Llama()` compiles every chat template in the GGUF with its own Jinja, and Jinja folds
+    constant expressions at compile time, so a hostile template (`{{ 'x' * 10**10 }}`)
+    exhausts memory before anything renders. We never use its chat handlers: templates
+    render in our sandbox (`chat_template.py`), so the compile is skipped.
+    """
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def to_chat_handler(self):
+        return None
+
+
+def _construct_without_chat_handlers(llama_cpp, **kwargs):
+    import llama_cpp.llama_chat_format as chat_format
+
+    original = chat_format.Jinja2ChatFormatter
+    chat_format.Jinja2ChatFormatter = _UnusedChatFormatter
+    try:
+        return llama_cpp.Llama(**kwargs)
+    finally:
+        chat_format.Jinja2ChatFormatter = original
+
+
 class LlamaCppBackend(Backend):
     name = "llama.cpp"
     capabilities = Capabilities(can_stream=True, can_train=False, supports_n_gpu_layers=True, supports_memory_caps=True)
@@ -57,7 +84,8 @@ class LlamaCppBackend(Backend):
         if options.cache_type != "f16" and not options.flash_attn:
             raise WorkbenchError("A quantized KV cache needs flash attention in llama.cpp; turn flash attention on or use f16.")
         try:
-            self.llm = llama_cpp.Llama(
+            self.llm = _construct_without_chat_handlers(
+                llama_cpp,
                 model_path=detection.path,
                 n_gpu_layers=n_gpu_layers,
                 n_ctx=options.n_ctx,
