@@ -1,4 +1,10 @@
-"""Builds the Gradio app from the services: one tab module per tab, nothing else here."""
+"""Builds the Gradio app from the services: one tab module per tab, nothing else here.
+
+Lists that name things on disk (models, profiles, conversations, datasets, runs) are
+filled by each tab's page-load handler, never when the app is built: Gradio serves the
+page shell with its config before the login, so the shell must hold no names. Those
+dropdowns allow any value (their choices arrive later); the services check every name.
+"""
 
 from __future__ import annotations
 
@@ -23,8 +29,8 @@ def build_app(models: ModelService, chat: ChatService, compare: CompareService, 
     with gr.Blocks(title="Model Workbench") as app:
         gr.Markdown("## Model Workbench")
         with gr.Tabs():
-            build_chat_tab(chat, presets, export_folder)
-            build_model_tab(models, profiles, load_defaults, loader)
+            build_chat_tab(chat, presets, export_folder, app)
+            build_model_tab(models, profiles, load_defaults, app, loader)
             build_training_tab(training, models, app)
-            build_compare_tab(compare)
+            build_compare_tab(compare, app)
     return app

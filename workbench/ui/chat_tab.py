@@ -38,13 +38,15 @@ def sliders_from(p: GenParams) -> list:
             -1 if p.seed is None else p.seed]
 
 
-def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_folder: str) -> None:
+def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_folder: str, page: gr.Blocks) -> None:
+    """The tab. The conversation and preset lists fill in on `page` load: the page shell is served
+    before login, so it must hold no titles or names from the disk."""
     balanced = presets.get("Balanced").gen_params() if "Balanced" in presets.names() else GenParams()
     with gr.Tab("Chat"):
         conv_id = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1, min_width=220):
-                conversations = gr.Dropdown(conversation_choices(chat), value=None, label="Saved conversations",
+                conversations = gr.Dropdown([], value=None, allow_custom_value=True, label="Saved conversations",
                                             elem_id="conversations")
                 new_chat = gr.Button("New chat", elem_id="new-chat")
                 title = gr.Textbox(label="Title", placeholder="rename the open conversation")
@@ -71,7 +73,7 @@ def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_fol
                 with gr.Accordion("Settings", open=False, elem_id="chat-settings"):
                     system = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=2)
                     with gr.Row():
-                        preset = gr.Dropdown(presets.names(), value=None, label="Generation preset", scale=2,
+                        preset = gr.Dropdown([], value=None, allow_custom_value=True, label="Generation preset", scale=2,
                                              elem_id="generation-preset")
                         apply_preset = gr.Button("Apply", scale=1, elem_id="apply-preset")
                         preset_name = gr.Textbox(label="Save settings as", scale=2)
@@ -214,6 +216,8 @@ def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_fol
                       api_name="delete_turn")
     conversations.input(on_open, conversations, [chatbot, conv_id, stats, system], api_name="open_conversation")
     new_chat.click(on_new, None, [chatbot, conv_id, stats, conversations], api_name="new_chat")
+    page.load(lambda: (gr.update(choices=conversation_choices(chat)), gr.update(choices=presets.names())), None,
+              [conversations, preset], api_visibility="private")
     rename.click(on_rename, [conv_id, title], [conversations, title], api_name="rename_conversation")
     delete.click(on_delete, conv_id, [chatbot, conv_id, conversations], api_name="delete_conversation")
     export.click(on_export, conv_id, exported, api_name="export_conversation")

@@ -23,14 +23,14 @@ def side_stats(stats: dict | None, rss: int | None) -> str:
             f"first token {stats['ttft_s'] * 1000:.0f} ms{memory}")
 
 
-def build_compare_tab(compare: CompareService) -> None:
+def build_compare_tab(compare: CompareService, page: gr.Blocks) -> None:
+    """The tab; the model list fills in on `page` load (the page shell, served before login, holds no names)."""
     a, b = compare.slots["a"], compare.slots["b"]
-    names = [r["name"] for r in b.list_models() if "error" not in r]
     with gr.Tab("Compare"):
         gr.Markdown("Model **A** is the one loaded in the Model tab. Load a second model as **B**, "
                     "then send one prompt to both (they run at the same time, each in its own worker).")
         with gr.Row():
-            b_name = gr.Dropdown(names, value=None, label="Model B (from models/)", scale=3)
+            b_name = gr.Dropdown([], value=None, allow_custom_value=True, label="Model B (from models/)", scale=3)
             b_ctx = gr.Slider(256, 32768, value=2048, step=256, label="Context for B", scale=2)
             load_b = gr.Button("Load B", scale=1)
             unload_b = gr.Button("Unload B", scale=1)
@@ -87,3 +87,5 @@ def build_compare_tab(compare: CompareService) -> None:
         compare.stop(request.session_hash)
 
     stop.click(on_stop, None, None, queue=False, api_name="compare_stop")
+    page.load(lambda: gr.update(choices=[r["name"] for r in b.list_models() if "error" not in r]), None, b_name,
+              api_visibility="private")

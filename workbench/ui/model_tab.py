@@ -90,23 +90,20 @@ def form_from_options(o: LoadOptions) -> list:
             o.flash_attn, o.use_mmap, o.use_mlock, o.dtype, o.device, o.max_ram_gib or 0, o.max_vram_gib or 0]
 
 
-def build_model_tab(models: ModelService, profiles: ProfileStore, defaults: LoadOptions,
+def build_model_tab(models: ModelService, profiles: ProfileStore, defaults: LoadOptions, page: gr.Blocks,
                     default_loader: str = "auto") -> None:
-    rows = models.list_models()
-    names = [r["name"] for r in rows if "error" not in r]
-    loaded = models.status()
-    selected = loaded.get("name") or (names[0] if names else None)
-    first_chart, first_text = plan_view(models, selected, default_loader, defaults)
+    """The tab. Lists (models, profiles) and the status fill in on `page` load, not when the tab is built:
+    the page shell is served before login, so it must hold no names from the disk."""
     with gr.Tab("Model"):
         with gr.Row():
-            model_name = gr.Dropdown(names, value=selected,
+            model_name = gr.Dropdown([], value=None, allow_custom_value=True,
                                      label="Model (from models/)", scale=4, elem_id="model-name")
             loader = gr.Radio(LOADERS, value=default_loader, label="Loader", scale=3,
                               info="auto picks from the file contents")
             refresh = gr.Button("Refresh list", scale=1)
-        table = gr.Dataframe(model_rows(rows), headers=TABLE_HEADERS, interactive=False, label="Models on disk")
+        table = gr.Dataframe([], headers=TABLE_HEADERS, interactive=False, label="Models on disk")
         with gr.Row():
-            profile = gr.Dropdown(profiles.names(), value=None, label="Hardware profile (presets/hardware/)", scale=3)
+            profile = gr.Dropdown([], value=None, allow_custom_value=True, label="Hardware profile (presets/hardware/)", scale=3)
             apply_profile = gr.Button("Apply", scale=1)
             profile_name = gr.Textbox(label="Save current settings as", placeholder="my-laptop", scale=2)
             save_profile = gr.Button("Save profile", scale=1)
@@ -136,14 +133,14 @@ def build_model_tab(models: ModelService, profiles: ProfileStore, defaults: Load
                                     info="0 = none; Transformers/GPTQ layers beyond the cap go to disk")
                 max_vram = gr.Number(defaults.max_vram_gib or 0, label="VRAM cap (GiB)", info="0 = none")
         with gr.Row():
-            plan_chart = gr.BarPlot(first_chart, x="device", y="MiB", color="part",
+            plan_chart = gr.BarPlot(None, x="device", y="MiB", color="part",
                                     label="Memory plan (before loading)", height=260, scale=2,
                                     elem_id="plan-chart")
-            plan_text = gr.Markdown(first_text, elem_id="plan-text")
+            plan_text = gr.Markdown("", elem_id="plan-text")
         with gr.Row():
             load = gr.Button("Load", variant="primary", elem_id="load-model")
             unload = gr.Button("Unload", elem_id="unload-model")
-        status = gr.Markdown(format_status(loaded), elem_id="model-status")
+        status = gr.Markdown("", elem_id="model-status")
         plan_button = gr.Button("Show plan", visible=False)  # the plan as an API endpoint
         refresh_timer = gr.Timer(5)
 
@@ -217,5 +214,15 @@ def build_model_tab(models: ModelService, profiles: ProfileStore, defaults: Load
     save_profile.click(on_save, [profile_name, *form], profile, api_name="save_profile")
     delete_profile.click(on_delete, profile, profile, api_name="delete_profile")
     plan_button.click(on_plan, plan_inputs, [plan_chart, plan_text], api_name="plan")
+    def on_page_load():
+        rows = models.list_models()
+        names = [r["name"] for r in rows if "error" not in r]
+        loaded = models.status()
+        selected = loaded.get("name") or (names[0] if names else None)
+        return (gr.update(choices=names, value=selected), model_rows(rows), gr.update(choices=profiles.names()),
+                format_status(loaded))
+
+    # the plan follows: model_name's change event draws it
+    page.load(on_page_load, None, [model_name, table, profile, status], api_visibility="private")
     refresh_timer.tick(lambda: format_status(models.status()), None, status, show_progress="hidden",
                        api_visibility="private")

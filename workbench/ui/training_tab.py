@@ -72,9 +72,8 @@ def preview_markdown(info: dict) -> str:
 
 
 def build_training_tab(training: TrainingService, models: ModelService, page: gr.Blocks) -> None:
-    """The tab; `page` is the app, whose load event refreshes the lists (runs started since it was built)."""
-    model_names = [r["name"] for r in models.list_models() if "error" not in r]
-    runs = training.names()
+    """The tab. Its lists (models, datasets, runs) fill in on `page` load: that also shows runs started
+    since the app was built, and keeps names off the page shell, which is served before login."""
     with gr.Tab("Training"):
         with gr.Row():
             with gr.Column(scale=3):
@@ -83,13 +82,13 @@ def build_training_tab(training: TrainingService, models: ModelService, page: gr
                     method = gr.Radio(["lora", "scratch"], value="lora", label="Method",
                                       info="LoRA adapter on a model, or a new small GPT from scratch")
                 with gr.Row():
-                    base_model = gr.Dropdown(model_names, value=None, label="Base model (Transformers form)",
+                    base_model = gr.Dropdown([], value=None, allow_custom_value=True, label="Base model (Transformers form)",
                                              elem_id="base-model", scale=3)
                     make_copy = gr.Button("Make a Transformers copy", scale=1)
                 with gr.Row():
-                    dataset = gr.Dropdown(training.datasets(), value=None, label="Dataset (datasets/)",
+                    dataset = gr.Dropdown([], value=None, allow_custom_value=True, label="Dataset (datasets/)",
                                           elem_id="dataset", scale=3)
-                    validation_file = gr.Dropdown([""] + training.datasets(), value="", label="Validation file",
+                    validation_file = gr.Dropdown([""], value="", allow_custom_value=True, label="Validation file",
                                                   info="empty = hold out a fraction", scale=2)
                     validation_fraction = gr.Number(D.validation_fraction, label="Validation fraction", scale=1)
                 upload = gr.File(label="Upload a dataset (.txt, .json, .jsonl)", file_types=[".txt", ".md", ".json", ".jsonl"],
@@ -103,7 +102,7 @@ def build_training_tab(training: TrainingService, models: ModelService, page: gr
                                                     info="comma separated, or all-linear")
                 with gr.Accordion("From scratch", open=False):
                     with gr.Row():
-                        tokenizer = gr.Dropdown(["byte"] + model_names, value="byte", label="Tokenizer",
+                        tokenizer = gr.Dropdown(["byte"], value="byte", allow_custom_value=True, label="Tokenizer",
                                                 info="byte-level, or reuse a model's")
                         n_layer = gr.Number(D.n_layer, precision=0, label="Layers")
                         n_head = gr.Number(D.n_head, precision=0, label="Heads")
@@ -137,12 +136,12 @@ def build_training_tab(training: TrainingService, models: ModelService, page: gr
                 preview_sample = gr.Code(label="One example as the model sees it", interactive=False, visible=False)
             with gr.Column(scale=3):
                 with gr.Row():
-                    run_list = gr.Dropdown(runs, value=runs[0] if runs else None, label="Runs (user_data/runs/)",
+                    run_list = gr.Dropdown([], value=None, allow_custom_value=True, label="Runs (user_data/runs/)",
                                            elem_id="run-list", scale=3)
                     refresh_runs = gr.Button("Refresh", scale=1)
-                run_status = gr.Markdown(status_markdown(training.status(runs[0]) if runs else None, training.paths.root),
+                run_status = gr.Markdown(status_markdown(None),
                                          elem_id="run-status")
-                loss_plot = gr.LinePlot(loss_frame(training.metrics(runs[0]) if runs else []), x="step", y="loss",
+                loss_plot = gr.LinePlot(loss_frame([]), x="step", y="loss",
                                         color="series", label="Loss (blue: training, orange: validation)", height=280,
                                         elem_id="loss-plot")
                 with gr.Row():
@@ -160,7 +159,7 @@ def build_training_tab(training: TrainingService, models: ModelService, page: gr
                     result_text = gr.Markdown("")
                 with gr.Accordion("Perplexity of the loaded model", open=False):
                     with gr.Row():
-                        ppl_text = gr.Dropdown(training.datasets(), value=None, label="Text file (datasets/)")
+                        ppl_text = gr.Dropdown([], value=None, allow_custom_value=True, label="Text file (datasets/)")
                         ppl_window = gr.Number(0, precision=0, label="Window (tokens)", info="0 = min(context, 512)")
                         ppl_button = gr.Button("Measure")
                     ppl_result = gr.Markdown("")
