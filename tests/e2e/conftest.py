@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import threading
 
 import psutil
 import pytest
@@ -28,15 +27,8 @@ UI_TIMEOUT_MS = 90_000
 
 
 def launch(*args: str, root, ready: str = "Running on local URL") -> App:
-    """webui.py on a free port with WORKBENCH_ROOT=root; its output is read on so the pipe never fills."""
-    app = App(*args, root=str(root), ready=ready)
-
-    def drain():
-        for line in app.proc.stdout:
-            app.output.append(line)
-
-    threading.Thread(target=drain, name=f"drain-{app.port}", daemon=True).start()
-    return app
+    """webui.py on a free port with WORKBENCH_ROOT=root (App reads its output on, so the pipe never fills)."""
+    return App(*args, root=str(root), ready=ready)
 
 
 def stop(app: App) -> None:

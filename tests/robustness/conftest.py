@@ -17,8 +17,7 @@ import struct
 import urllib.error
 import urllib.request
 
-from tests.conftest import SAMPLE_NAME
-from tests.ui.test_webui import App, free_port, scratch_root
+from tests.ui.test_webui import App, free_port
 
 def assert_one_sentence(text: str) -> str:
     """`text` is one line a user can read: not empty, no traceback, no multi-line dump."""
@@ -44,17 +43,10 @@ def http(method: str, url: str, body=None, headers: dict | None = None, raw: byt
 
 
 def launch(root, *args: str) -> App:
-    """webui.py on `root` (a scratch workbench root), with the API beside it on a free port.
-
-    Its output keeps being read after start-up: hostile cases make the app log a lot, and a
-    full pipe would block the app's next write (and with it the whole server).
-    """
-    import threading
-
+    """webui.py on `root` (a scratch workbench root), with the API beside it on a free port."""
     api_port = free_port()
     app = App(*args, "--api", "--api-port", str(api_port), root=str(root))
     app.api_url = f"http://127.0.0.1:{api_port}"
-    threading.Thread(target=lambda: app.output.extend(app.proc.stdout), daemon=True).start()
     return app
 
 

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -42,6 +43,8 @@ class App:
                 raise RuntimeError("webui.py exited:\n" + "".join(self.output))
             self.output.append(line)
             if ready in line:
+                # Keep reading: an app that logs a lot would otherwise block on a full pipe.
+                threading.Thread(target=lambda: self.output.extend(self.proc.stdout), daemon=True).start()
                 return
         raise RuntimeError("webui.py did not start:\n" + "".join(self.output))
 
