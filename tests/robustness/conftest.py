@@ -17,7 +17,9 @@ import struct
 import urllib.error
 import urllib.request
 
-from tests.ui.test_webui import App, free_port
+from tests.conftest import SAMPLE_NAME  # noqa: F401 - re-exported for the test modules
+from tests.ui.test_webui import App, free_port, scratch_root  # noqa: F401 - scratch_root likewise
+
 
 def assert_one_sentence(text: str) -> str:
     """`text` is one line a user can read: not empty, no traceback, no multi-line dump."""
