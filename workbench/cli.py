@@ -132,8 +132,13 @@ def cmd_generate(args, paths) -> int:
     else:
         request = GenerationRequest(prompt=args.prompt, params=params)
     service = ModelService(paths)
+    options, path = load_options_from_args(args, paths), args.path
+    if args.adapter:
+        from .services.training_service import TrainingService
+
+        path, options.adapter = TrainingService(paths).adapter_of(args.adapter)
     try:
-        info = service.load(service.locate(args.path), args.loader, load_options_from_args(args, paths))
+        info = service.load(service.locate(path), args.loader, options)
         pieces, stats = [], {}
         for kind, value in service.generate(request):
             if kind == "token":
@@ -229,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int)
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--json", action="store_true", help="print one JSON object with text and timings")
+    g.add_argument("--adapter", metavar="RUN", help="a finished LoRA run: its base model with its adapter (PATH is ignored)")
     add_load_flags(g)
     g.set_defaults(func=cmd_generate)
 

@@ -218,6 +218,9 @@ def test_exports_load_and_answer(lora_run, root):
     merged = root / "models" / "lora1-merged"
     result = run_cli("export", "lora1", "--to", "transformers", str(merged), env=env)
     assert result.returncode == 0, result.stderr
+    result = run_cli("generate", "-", "--adapter", "lora1", "-p", PROMPT, "--temperature", "0", "--max-tokens", "8",
+                     "--json", env=env)
+    assert result.returncode == 0 and json.loads(result.stdout)["text"].strip(), result.stderr
     gguf = root / "models" / "lora1.gguf"
     result = run_cli("export", "lora1", "--to", "gguf", str(gguf), env=env)
     assert result.returncode == 0, result.stderr
