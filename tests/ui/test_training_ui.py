@@ -120,3 +120,18 @@ def test_training_tab_refuses_bad_input_in_one_sentence(root):
         assert "Memory estimate" in client.predict(*form("fine"), api_name="/training_estimate")  # still up
     finally:
         app.stop()
+
+
+def test_make_a_transformers_copy_of_the_gguf_from_the_tab(tmp_path, sample_gguf):
+    """The one-click path from the sample GGUF to a model LoRA can train, with progress lines."""
+    root = scratch_root(tmp_path, sample_gguf)
+    app = App(root=root)
+    try:
+        client = Client(app.url, verbose=False)
+        base, tokenizer = client.predict("SmolLM2-135M-Instruct.Q4_1.gguf", api_name="/make_transformers_copy")
+        assert base["value"] == "SmolLM2-135M-Instruct.Q4_1-transformers"  # selected as the base model
+        assert (root / "models" / base["value"] / "config.json").is_file()
+        with pytest.raises(Exception, match="already exists"):
+            client.predict("SmolLM2-135M-Instruct.Q4_1.gguf", api_name="/make_transformers_copy")
+    finally:
+        app.stop()
