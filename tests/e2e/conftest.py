@@ -146,3 +146,20 @@ def open_app(page, url: str) -> None:
     if page.get_by_label("password").count():
         login(page)
     page.locator("#chatbot").wait_for()
+
+
+def legend_labels(page, elem_id: str) -> list[str]:
+    """The entries of a Gradio plot's colour legend, as drawn (an empty legend draws none)."""
+    return page.evaluate(f"""() => Array.from(document.querySelectorAll('#{elem_id} svg .role-legend-label text'))
+        .map(t => t.textContent)""")
+
+
+def legend_fits(page, elem_id: str) -> bool:
+    """Whether a plot's legend is drawn inside the plot's box (a fixed height once cut it off)."""
+    return page.evaluate(f"""() => {{
+        const legend = document.querySelector('#{elem_id} svg .role-legend');
+        const box = document.querySelector('#{elem_id}');
+        if (!legend || !box) return false;
+        const l = legend.getBoundingClientRect(), b = box.getBoundingClientRect();
+        return l.height > 0 && l.bottom <= b.bottom + 1 && l.top >= b.top;
+    }}""")

@@ -17,7 +17,16 @@ from gradio_client import Client
 from playwright.sync_api import expect
 
 from tests.conftest import SAMPLE_NAME
-from tests.e2e.conftest import PASSWORD, USER, RunningApp, login, open_app, screenshot
+from tests.e2e.conftest import (
+    PASSWORD,
+    USER,
+    RunningApp,
+    legend_fits,
+    legend_labels,
+    login,
+    open_app,
+    screenshot,
+)
 
 # n_ctx, n_gpu_layers (-2 auto), n_batch, threads, cache type, flash attn, mmap, mlock, dtype, device, caps
 LOAD_FORM = (4096, -2, 512, 0, "f16", True, True, False, "auto", "auto", 0, 0)
@@ -120,6 +129,8 @@ def test_model_tab_shows_the_memory_plan_and_loads_the_sample_model(running, pag
     expect(plan).to_contain_text("KV cache")
     expect(plan).to_contain_text("fits")
     expect(page.locator("#plan-chart svg .mark-rect path").first).to_be_visible()  # the bars are drawn
+    assert legend_labels(page, "plan-chart") == ["weights", "KV cache", "compute", "runtime", "free under cap"]
+    assert legend_fits(page, "plan-chart")
     screenshot(page, "03-model-memory-plan")
     page.locator("#load-model").click()
     status = page.locator("#model-status")

@@ -10,7 +10,15 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import PASSWORD, USER, RunningApp, open_app, screenshot
+from tests.e2e.conftest import (
+    PASSWORD,
+    USER,
+    RunningApp,
+    legend_fits,
+    legend_labels,
+    open_app,
+    screenshot,
+)
 from tests.ui.test_webui import scratch_root
 
 STORY = ("The lighthouse keeper of Ardmore Point was named Oswin Tull. Every night Oswin Tull climbed the "
@@ -42,9 +50,10 @@ def set_number(page, label: str, value) -> None:
 
 
 def plot_path(page) -> str:
-    """The drawn loss lines (the SVG path data of the line marks), or "" before a line is drawn."""
+    """The loss lines as drawn (path data of the line marks that have a colour), or "" before any is."""
     return page.evaluate("""() => Array.from(document.querySelectorAll('#loss-plot svg .mark-line path'))
-        .map(p => p.getAttribute('d') || '').join('|')""")
+        .filter(p => (p.getAttribute('stroke') || 'none') !== 'none' && /L/.test(p.getAttribute('d') || ''))
+        .map(p => p.getAttribute('d')).join('|')""")
 
 
 def test_a_training_run_shows_a_moving_loss_plot_and_survives_a_reload(running, page):
@@ -78,6 +87,7 @@ def test_a_training_run_shows_a_moving_loss_plot_and_survives_a_reload(running, 
         page.wait_for_timeout(300)
     assert len(steps) >= 3, f"the step count did not advance: {steps}"
     assert len(drawings - {""}) >= 2, "the loss plot was not redrawn as steps came in"
+    assert legend_labels(page, "loss-plot") == ["training", "validation"] and legend_fits(page, "loss-plot")
 
     page.reload()  # a new page load re-attaches to the running (or finished) run
     open_app(page, running.url)

@@ -13,6 +13,7 @@ import time
 
 from gradio_client import Client
 
+from tests.ui.test_training_ui import points
 from tests.ui.test_webui import App, scratch_root
 
 STORY = "The keeper of the lighthouse lit the lamp every night before the sun touched the sea.\n" * 40
@@ -49,7 +50,7 @@ def test_a_run_outlives_a_killed_app_and_the_restarted_app_follows_it(tmp_path, 
             assert "failed" not in text and "interrupted" not in text, text
             assert time.time() < deadline, text
             time.sleep(1)
-        assert sum(1 for row in plot["data"] if row[2] == "training") == 300
+        assert points(plot, "training") == 300
     finally:
         app.stop()
     for line in (run / "metrics.jsonl").read_text().splitlines():

@@ -18,6 +18,7 @@ from ..services.model_service import ModelService
 LOADERS = ["auto", "llama.cpp", "transformers", "gptq"]
 TABLE_HEADERS = ["name", "format", "backend", "size (MiB)", "quantization", "parameters", "context", "note"]
 PARTS = ("weights", "KV cache", "compute", "runtime", "free under cap")
+PART_COLORS = dict(zip(PARTS, ("#4c78a8", "#f58518", "#e45756", "#72b7b2", "#d3d3d3")))
 MiB = 2**20
 
 
@@ -60,6 +61,11 @@ def plan_frame(plan: dict) -> pd.DataFrame:
             rows.append({"device": d["device"], "part": part, "MiB": round(d[key] / MiB, 1)})
         if d["cap"] and d["cap_source"] == "cap" and d["model_bytes"] < d["cap"]:
             rows.append({"device": d["device"], "part": PARTS[4], "MiB": round((d["cap"] - d["model_bytes"]) / MiB, 1)})
+    # Gradio fixes a chart's colour legend at its first drawing and later only swaps the data,
+    # so every part is named from the start (0 MiB where a plan lacks it).
+    present = {row["part"] for row in rows}
+    if rows:
+        rows += [{"device": rows[0]["device"], "part": part, "MiB": 0.0} for part in PARTS if part not in present]
     return pd.DataFrame(rows, columns=["device", "part", "MiB"])
 
 
@@ -133,8 +139,8 @@ def build_model_tab(models: ModelService, profiles: ProfileStore, defaults: Load
                                     info="0 = none; Transformers/GPTQ layers beyond the cap go to disk")
                 max_vram = gr.Number(defaults.max_vram_gib or 0, label="VRAM cap (GiB)", info="0 = none")
         with gr.Row():
-            plan_chart = gr.BarPlot(None, x="device", y="MiB", color="part",
-                                    label="Memory plan (before loading)", height=260, scale=2,
+            plan_chart = gr.BarPlot(None, x="device", y="MiB", color="part", color_map=PART_COLORS, color_title="",
+                                    label="Memory plan (before loading)", scale=2,
                                     elem_id="plan-chart")
             plan_text = gr.Markdown("", elem_id="plan-text")
         with gr.Row():

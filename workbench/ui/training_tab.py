@@ -51,11 +51,24 @@ def status_markdown(status, root: str = ".") -> str:
     return "  \n".join(lines)
 
 
-def loss_frame(rows: list[dict]) -> pd.DataFrame:
+LOSS_SERIES = {"training": "#4c78a8", "validation": "#f58518"}
+
+
+def loss_frame(rows: list[dict]) -> pd.DataFrame | None:
+    """The loss plot's points, one row per logged step and series; None (a blank plot) before any.
+
+    Gradio lays a plot out and fixes its colour legend when it first draws data, and later only
+    swaps the data. So the plot is blank (None) until there are points, to be drawn afresh
+    then, and every series has a row with no loss (not drawn) from the start: otherwise the
+    validation line would have no colour and the legend no entry.
+    """
     points = [{"step": r["step"], "loss": r["loss"], "series": "training"} for r in rows if "loss" in r]
     points += [{"step": r["step"], "loss": r["eval_loss"], "series": "validation"} for r in rows if "eval_loss" in r]
+    if not points:
+        return None
+    points += [{"step": float("nan"), "loss": float("nan"), "series": series} for series in LOSS_SERIES]
     frame = pd.DataFrame(points, columns=["step", "loss", "series"])
-    return frame.astype({"step": "int64", "loss": "float64", "series": "str"})
+    return frame.astype({"step": "float64", "loss": "float64", "series": "str"})
 
 
 def preview_markdown(info: dict) -> str:
@@ -141,8 +154,8 @@ def build_training_tab(training: TrainingService, models: ModelService, page: gr
                     refresh_runs = gr.Button("Refresh", scale=1)
                 run_status = gr.Markdown(status_markdown(None),
                                          elem_id="run-status")
-                loss_plot = gr.LinePlot(loss_frame([]), x="step", y="loss",
-                                        color="series", label="Loss (blue: training, orange: validation)", height=280,
+                loss_plot = gr.LinePlot(None, x="step", y="loss",
+                                        color="series", color_map=LOSS_SERIES, color_title="", label="Loss",
                                         elem_id="loss-plot")
                 with gr.Row():
                     cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-run")
