@@ -9,6 +9,8 @@ without a template fall back to ChatML. Tokenizing the result is the backend's j
 from __future__ import annotations
 
 import json
+import sys
+from contextlib import contextmanager
 from datetime import datetime
 from functools import lru_cache
 
@@ -26,6 +28,9 @@ MAX_RENDERED_CHARS = 20_000_000
 MAX_RANGE_STEPS = 1_000_000
 # Exponents above this are no chat template's business (and 10**10**9 would hang the worker).
 MAX_EXPONENT = 1024
+# Template lines one render may run in all. A real template runs some tens per message; loops
+# nested over long strings (which range() bounds do not see) run billions.
+MAX_TEMPLATE_LINES = 2_000_000
 VALID_ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -65,6 +70,35 @@ def _budgeted_range():
         return steps
 
     return bounded
+
+
+@contextmanager
+def _line_budget(limit: int):
+    """Stop a render that runs more than `limit` lines of template code (traced in this thread only).
+
+    Jinja compiles a template to Python whose code objects are named "<template>"; only those
+    frames are traced line by line, so the rest of the render runs at full speed.
+    """
+    from jinja2.exceptions import SecurityError
+
+    left = [limit]
+
+    def count_lines(frame, event, arg):
+        if event == "line":
+            left[0] -= 1
+            if left[0] < 0:
+                raise SecurityError(f"the template ran more than {limit:,} steps")
+        return count_lines
+
+    def on_call(frame, event, arg):
+        return count_lines if frame.f_code.co_filename == "<template>" else None
+
+    previous = sys.gettrace()
+    sys.settrace(on_call)
+    try:
+        yield
+    finally:
+        sys.settrace(previous)
 
 
 @lru_cache(maxsize=8)
@@ -114,13 +148,14 @@ def render_chat(
 
     compiled = _compile(template or CHATML_TEMPLATE)
     try:
-        text = compiled.render(
-            messages=check_messages(messages),
-            add_generation_prompt=add_generation_prompt,
-            bos_token=bos_token,
-            eos_token=eos_token,
-            range=_budgeted_range(),
-        )
+        with _line_budget(MAX_TEMPLATE_LINES):
+            text = compiled.render(
+                messages=check_messages(messages),
+                add_generation_prompt=add_generation_prompt,
+                bos_token=bos_token,
+                eos_token=eos_token,
+                range=_budgeted_range(),
+            )
     except RecursionError:
         raise TemplateError("The model's chat template calls itself without end; use another template.") from None
     except MemoryError:

@@ -146,7 +146,9 @@ HOSTILE_TEMPLATES = {
     "function-globals": ("{{ raise_exception.__globals__['os'].system('id') }}", "unsafe|failed to render"),
     "huge-range": ("{% for i in range(10**9) %}x{% endfor %}", "loops more than|Range too big"),
     "nested-loops": ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
-                     "loops more than"),
+                     "loops more than|ran more than"),
+    "nested-string-loops": ("{% set s = messages[0]['content'] * 5000 %}"
+                            "{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}", "ran more than"),
     "huge-string": ("{{ messages[0]['content'] * 10**10 }}", "exhaust memory"),
     "folded-huge-string": ("{{ 'x' * 10**9 }}", "exhaust memory"),
     "giant-exponent": ("{{ (messages|length + 6) ** 123456789 }}", "too large"),

@@ -31,7 +31,7 @@ FORM = (1024, -2, 512, 0, "f16", True, True, False, "auto", "auto", 0, 0)
 CHAT = ("You are a helpful assistant.", 0, 0.95, 40, 0.05, 1.0, 4, -1)
 # Each template case through a launched process loads the model once; the sandbox test covers all of them.
 TEMPLATES_THROUGH_THE_CLI = ("function-globals", "huge-range", "endless-recursion")
-TEMPLATES_THROUGH_THE_UI = ("python-internals", "nested-loops", "huge-string")
+TEMPLATES_THROUGH_THE_UI = ("python-internals", "nested-loops", "nested-string-loops", "huge-string")
 ODD_NAMES = ["../evil", "/etc/passwd", "a/b", "..", "x\x00y", "ünïcode-名前", "x" * 300, "", " ", ".hidden",
              "back\\slash", "new\nline"]
 LONG_PROMPT = "hello " * 20_000  # about 20,000 tokens: far beyond a 1024-token context, under every char limit
