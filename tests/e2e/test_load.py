@@ -1,4 +1,4 @@
-"""Load: eight chat users in the UI and eight OpenAI-API clients at once, for a bounded time.
+"""Load: eight chat users in the UI and eight OpenAI-API clients at once, for two minutes.
 
 One app (`--auth` for the UI, `--api-key` for the API, the sample model loaded) on a
 scratch root. First every question is asked alone, greedily with a fixed seed, to learn
@@ -6,8 +6,9 @@ its reference reply; then sixteen users ask their own question over and over at 
 time: eight through the UI (gradio_client, each its own session, a new chat per question)
 and eight through the API (half of them streaming). Every reply must equal its own
 question's reference: a missing, failed or foreign answer is a failure. The RSS of the
-app and its model worker is sampled before and after. No timing assertions; a summary
-goes to test-artifacts/e2e/load-summary.json.
+app and its model worker is sampled every few seconds: it must not grow much overall, nor
+in the second half. WORKBENCH_LOAD_SECONDS shortens the run for a quick local check. No
+timing assertions; a summary goes to test-artifacts/e2e/load-summary.json.
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ UI_QUESTIONS = [f"What is the capital of {country}?"
                 for country in ("France", "Germany", "Italy", "Spain", "Japan", "Egypt", "Canada", "Brazil")]
 API_QUESTIONS = [f"What colour is {thing}?"
                  for thing in ("a banana", "the sky", "grass", "snow", "coal", "a tomato", "an orange", "milk")]
-RUN_S = 30  # users keep asking this long; each asks at least once
+RUN_S = float(os.environ.get("WORKBENCH_LOAD_SECONDS", 120))  # users keep asking this long; each asks at least once
 RSS_GROWTH_LIMIT = 300 * 2**20  # generous: catches a leak per request, not allocator noise
+LATE_RSS_GROWTH_LIMIT = 150 * 2**20  # over the second half, after caches and pools have warmed up
+RSS_SAMPLE_S = 5
 MiB = 2**20
 
 
@@ -57,6 +60,7 @@ class LoadRun:
     errors: list[str] = field(default_factory=list)
     rss_start: dict[int, int] = field(default_factory=dict)  # pid -> bytes, app and worker
     rss_end: dict[int, int] = field(default_factory=dict)
+    rss_samples: list[tuple[float, int]] = field(default_factory=list)  # (seconds in, app + worker bytes)
     chats_folder: str = ""
 
 
@@ -117,12 +121,14 @@ def load_run(tmp_path_factory, sample_gguf) -> LoadRun:
         references.update({q: ask_api(alone_api, q, stream=False) for q in API_QUESTIONS})
         run = LoadRun(references, chats_folder=str(root / "user_data" / "chats"))
         run.rss_start = tree_rss(app)
-        deadline = time.time() + RUN_S
+        started = time.time()
+        deadline = started + RUN_S
         with ThreadPoolExecutor(len(UI_QUESTIONS) + len(API_QUESTIONS)) as pool:
-            for i in range(len(UI_QUESTIONS)):
-                pool.submit(ui_user, app.url, i, deadline, run)
-            for i in range(len(API_QUESTIONS)):
-                pool.submit(api_user, base_url, i, deadline, run)
+            users = [pool.submit(ui_user, app.url, i, deadline, run) for i in range(len(UI_QUESTIONS))]
+            users += [pool.submit(api_user, base_url, i, deadline, run) for i in range(len(API_QUESTIONS))]
+            while not all(u.done() for u in users):
+                run.rss_samples.append((round(time.time() - started, 1), sum(tree_rss(app).values())))
+                time.sleep(RSS_SAMPLE_S)
         run.rss_end = tree_rss(app)
     finally:
         stop(app)
@@ -138,6 +144,7 @@ def write_summary(run: LoadRun) -> None:
         "errors": run.errors,
         "rss_start_mib": {str(pid): round(b / MiB, 1) for pid, b in run.rss_start.items()},
         "rss_end_mib": {str(pid): round(b / MiB, 1) for pid, b in run.rss_end.items()},
+        "rss_samples_mib": [(at, round(b / MiB, 1)) for at, b in run.rss_samples],
         "references": run.references,
     }
     with open(os.path.join(ARTIFACTS, "load-summary.json"), "w") as f:
@@ -179,3 +186,6 @@ def test_memory_stays_stable(load_run):
     growth = sum(load_run.rss_end.values()) - sum(load_run.rss_start.values())
     assert growth < RSS_GROWTH_LIMIT, (
         f"app + worker RSS grew by {growth / MiB:.0f} MiB: {load_run.rss_start} -> {load_run.rss_end}")
+    halfway = next(b for at, b in load_run.rss_samples if at >= RUN_S / 2)
+    late_growth = sum(load_run.rss_end.values()) - halfway
+    assert late_growth < LATE_RSS_GROWTH_LIMIT, f"app + worker RSS grew {late_growth / MiB:.0f} MiB in the second half"
