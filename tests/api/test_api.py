@@ -134,3 +134,37 @@ def test_eight_concurrent_clients_each_get_their_own_complete_answer(client):
         together = list(pool.map(ask, prompts))
     assert together == alone  # greedy: each client got exactly its own answer, complete
     assert all(tokens > 0 for _, tokens in together)
+
+
+# A prompt the sample model goes on counting after for thousands of tokens (minutes on two cores).
+COUNTING = {"model": "any", "prompt": "1, 2, 3, 4, 5, 6, 7, 8,", "max_tokens": 4000, "temperature": 0}
+HANG_UP_BOUND_S = 30  # a liveness bound: the abandoned generation would hold the worker for minutes
+
+
+def post_and_hang_up(api, body: dict, after_lines: int) -> None:
+    """POST `body` to /v1/completions over a raw socket; read `after_lines` lines of the answer (0: none,
+    just wait a moment), then close the connection as a client that gave up would."""
+    import socket
+    import time
+
+    data = json.dumps(body).encode()
+    host, port = api.api_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: " + str(len(data)).encode()
+                     + b"\r\n\r\n" + data)
+        if after_lines:
+            reader = sock.makefile("rb")
+            lines = [reader.readline() for _ in range(after_lines)]
+            assert lines[0].startswith(b"HTTP/1.1 200"), lines
+            reader.close()
+        else:
+            time.sleep(1)  # the generation has started and holds the worker
+
+
+@pytest.mark.parametrize("stream, after_lines", [(True, 12), (False, 0)])
+def test_a_client_that_hangs_up_frees_the_worker_for_the_next(api, stream, after_lines):
+    post_and_hang_up(api, {**COUNTING, "stream": stream}, after_lines)
+    patient = openai.OpenAI(base_url=api.api_url + "/v1", api_key=KEY, max_retries=0, timeout=HANG_UP_BOUND_S)
+    r = patient.chat.completions.create(model="any", messages=CAPITAL_QUESTION, temperature=0, max_tokens=8)
+    assert r.choices[0].message.content

@@ -3,17 +3,22 @@
 
 Owns the wire format only: request validation, OpenAI response and error shapes,
 Server-Sent Events, the API key check and CORS. Requests for one model queue on its
-worker (one generation at a time, in arrival order). A request can never name a file
-path, load a model, or set trust_remote_code: it can only use what is loaded.
+worker (one generation at a time, in arrival order); a client that hangs up ends its
+generation at the next token, so it never holds the queue. A request can never name a
+file path, load a model, or set trust_remote_code: it can only use what is loaded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import threading
 import time
 import uuid
-from typing import Iterator
+from typing import AsyncIterator, Iterator
+
+import anyio
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -36,6 +41,28 @@ def _status_for(e: WorkbenchError) -> tuple[int, str]:
     return 400, "invalid_request_error"
 
 
+class RequireApiKey:
+    """ASGI middleware: every request but a CORS preflight needs `Authorization: Bearer <key>`.
+
+    Plain ASGI rather than Starlette's BaseHTTPMiddleware, which hides a client's hang-up
+    from the routes (so a generation could not be stopped when its client left).
+    """
+
+    def __init__(self, app, api_key: str):
+        self.app, self.api_key = app, api_key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] != "OPTIONS":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            token = given[7:] if given[:7].lower() == b"bearer " else b""
+            if not hmac.compare_digest(token, self.api_key):
+                response = error_response(401, "Incorrect or missing API key; send 'Authorization: Bearer <key>'.",
+                                          "invalid_request_error", "invalid_api_key")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def build_api(models: ModelService, api_key: str | None = None, cors_origins: list[str] | None = None) -> FastAPI:
     """The API app; with `api_key`, every route needs `Authorization: Bearer <key>`."""
     app = FastAPI(title="Model Workbench API", docs_url=None, redoc_url=None, openapi_url=None)
@@ -43,15 +70,8 @@ def build_api(models: ModelService, api_key: str | None = None, cors_origins: li
         app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
 
-    @app.middleware("http")
-    async def require_key(request: Request, call_next):
-        if api_key and request.method != "OPTIONS":
-            given = request.headers.get("authorization", "")
-            token = given[7:] if given.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), api_key.encode()):
-                return error_response(401, "Incorrect or missing API key; send 'Authorization: Bearer <key>'.",
-                                      "invalid_request_error", "invalid_api_key")
-        return await call_next(request)
+    if api_key:
+        app.add_middleware(RequireApiKey, api_key=api_key)
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, e: ApiError):
@@ -84,27 +104,34 @@ def build_api(models: ModelService, api_key: str | None = None, cors_origins: li
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         parsed = parse_chat_request(await body_of(request))
-        return await respond(GenerationRequest(messages=parsed.messages, params=parsed.params), parsed, chat=True)
+        return await respond(request, GenerationRequest(messages=parsed.messages, params=parsed.params), parsed,
+                             chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         parsed = parse_completion_request(await body_of(request))
-        return await respond(GenerationRequest(prompt=parsed.prompt, params=parsed.params), parsed, chat=False)
+        return await respond(request, GenerationRequest(prompt=parsed.prompt, params=parsed.params), parsed,
+                             chat=False)
 
-    async def respond(gen: GenerationRequest, parsed, chat: bool):
+    async def respond(request: Request, gen: GenerationRequest, parsed, chat: bool):
         name = models.loaded_name()
         if name is None:
             raise NoModelLoaded("No model is loaded; load one in the Model tab or start with --model.")
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
+        stop = threading.Event()
         if parsed.stream:
-            events = models.generate(gen)
+            events = models.generate(gen, stop)
             # Pull the first event before answering, so errors (no model, bad prompt) get a status code.
             first = await run_in_threadpool(next, events, None)
             return StreamingResponse(
-                iterate_in_threadpool(_sse(first, events, rid, created, name, chat, parsed.include_usage)),
+                _closing(_sse(first, events, rid, created, name, chat, parsed.include_usage), stop),
                 media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        result = await run_in_threadpool(models.complete, gen)
+        watcher = asyncio.ensure_future(_stop_on_disconnect(request, stop))
+        try:
+            result = await run_in_threadpool(models.complete, gen, stop)
+        finally:
+            watcher.cancel()
         usage = {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"],
                  "total_tokens": result["prompt_tokens"] + result["completion_tokens"]}
         finish = "stop" if result["finish_reason"] in ("stop", "cancelled") else "length"
@@ -117,6 +144,33 @@ def build_api(models: ModelService, api_key: str | None = None, cors_origins: li
         return {"id": rid, "object": obj, "created": created, "model": name, "choices": [choice], "usage": usage}
 
     return app
+
+
+DISCONNECT_POLL_S = 0.25
+
+
+async def _stop_on_disconnect(request: Request, stop: threading.Event) -> None:
+    """Set `stop` when the client of a non-streaming request hangs up."""
+    while not stop.is_set():
+        if await request.is_disconnected():
+            stop.set()
+            return
+        await asyncio.sleep(DISCONNECT_POLL_S)
+
+
+async def _closing(chunks: Iterator[str], stop: threading.Event) -> AsyncIterator[str]:
+    """Stream `chunks` from a thread; when the client hangs up, end the generation and free the worker.
+
+    Left to the garbage collector, an abandoned generator would keep holding the worker (its
+    lock is taken for the whole generation), and every later request would wait forever.
+    """
+    try:
+        async for chunk in iterate_in_threadpool(chunks):
+            yield chunk
+    finally:
+        stop.set()
+        with anyio.CancelScope(shield=True):  # runs while the response is being cancelled
+            await run_in_threadpool(chunks.close)
 
 
 def _sse(first, events: Iterator, rid: str, created: int, model: str, chat: bool, include_usage: bool) -> Iterator[str]:

@@ -173,10 +173,10 @@ class ModelService:
             self._forget_dead(worker)
             raise
 
-    def complete(self, request: GenerationRequest) -> dict:
-        """Run a generation to the end; return {"text", **stats}."""
+    def complete(self, request: GenerationRequest, stop: threading.Event | None = None) -> dict:
+        """Run a generation to the end (or until `stop` is set); return {"text", **stats}."""
         pieces, stats = [], {}
-        for kind, value in self.generate(request):
+        for kind, value in self.generate(request, stop):
             if kind == "token":
                 pieces.append(value)
             else:
