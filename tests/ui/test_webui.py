@@ -80,6 +80,27 @@ def test_chat_answers_with_the_loaded_model(app):
     assert "tok/s" in stats
 
 
+@pytest.mark.parametrize("leaves_by", ["cancel", "closing the client"])
+def test_a_user_who_leaves_mid_reply_frees_the_model_for_the_next(app, leaves_by):
+    """The first user asks for thousands of tokens (minutes here) and leaves once the reply has started."""
+    leaving = Client(app.url, verbose=False)
+    long_args = (CHAT_ARGS[0], 0.8, *CHAT_ARGS[2:6], 3000, 1)
+    job = leaving.submit("Count from 1 to 5000, separated by commas.", *long_args, api_name="/chat")
+    deadline = time.time() + 120
+    while not any(out and out[0] and reply_text(out[0]) for out in job.outputs()):
+        assert time.time() < deadline and not job.done(), "the reply did not start"
+        time.sleep(0.1)
+    if leaves_by == "cancel":
+        job.cancel()
+    else:
+        leaving.close()
+    # A liveness bound, not a speed check: had the first reply kept the model, this would wait minutes.
+    patient = Client(app.url, verbose=False, httpx_kwargs={"timeout": 30})
+    job = patient.submit("What is the capital of France?", *CHAT_ARGS, api_name="/chat")
+    chatbot, *_ = job.result(timeout=30)
+    assert "Paris" in reply_text(chatbot)
+
+
 def test_model_names_from_the_browser_cannot_be_paths(app):
     client = Client(app.url, verbose=False)
     form = (2048, -2, 512, 0, "f16", False, True, False, "auto", "auto", 0, 0)

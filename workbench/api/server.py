@@ -19,7 +19,6 @@ import uuid
 from typing import AsyncIterator, Iterator
 
 import anyio
-
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -124,7 +123,7 @@ def build_api(models: ModelService, api_key: str | None = None, cors_origins: li
             events = models.generate(gen, stop)
             # Pull the first event before answering, so errors (no model, bad prompt) get a status code.
             first = await run_in_threadpool(next, events, None)
-            return StreamingResponse(
+            return ClosingStreamingResponse(
                 _closing(_sse(first, events, rid, created, name, chat, parsed.include_usage), stop),
                 media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         watcher = asyncio.ensure_future(_stop_on_disconnect(request, stop))
@@ -158,11 +157,21 @@ async def _stop_on_disconnect(request: Request, stop: threading.Event) -> None:
         await asyncio.sleep(DISCONNECT_POLL_S)
 
 
+class ClosingStreamingResponse(StreamingResponse):
+    """A StreamingResponse that closes its body once sent or abandoned (Starlette leaves that to the GC)."""
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
+
 async def _closing(chunks: Iterator[str], stop: threading.Event) -> AsyncIterator[str]:
     """Stream `chunks` from a thread; when the client hangs up, end the generation and free the worker.
 
-    Left to the garbage collector, an abandoned generator would keep holding the worker (its
-    lock is taken for the whole generation), and every later request would wait forever.
+    Left to the garbage collector, an abandoned generator keeps holding the worker (its lock
+    is taken for the whole generation), and every later request waits on it.
     """
     try:
         async for chunk in iterate_in_threadpool(chunks):
