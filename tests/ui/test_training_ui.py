@@ -140,3 +140,14 @@ def test_make_a_transformers_copy_of_the_gguf_from_the_tab(tmp_path, sample_gguf
             client.predict("SmolLM2-135M-Instruct.Q4_1.gguf", api_name="/make_transformers_copy")
     finally:
         app.stop()
+
+
+def test_loss_legend_order_does_not_depend_on_which_loss_was_logged_first():
+    """The validation pass before training logs first; the legend still reads training, validation."""
+    from workbench.ui.training_tab import LOSS_SERIES, loss_frame
+
+    assert loss_frame([]) is None
+    frame = loss_frame([{"step": 0, "eval_loss": 3.0}, {"step": 1, "loss": 3.1}])
+    assert list(dict.fromkeys(frame["series"])) == list(LOSS_SERIES) == ["training", "validation"]
+    drawn = frame.dropna()
+    assert sorted(drawn.values.tolist()) == [[0.0, 3.0, "validation"], [1.0, 3.1, "training"]]

@@ -60,13 +60,15 @@ def loss_frame(rows: list[dict]) -> pd.DataFrame | None:
     Gradio lays a plot out and fixes its colour legend when it first draws data, and later only
     swaps the data. So the plot is blank (None) until there are points, to be drawn afresh
     then, and every series has a row with no loss (not drawn) from the start: otherwise the
-    validation line would have no colour and the legend no entry.
+    validation line would have no colour and the legend no entry. Those rows come first, so
+    the legend lists the series in LOSS_SERIES order whichever was logged first (the
+    validation pass before training logs before any training step).
     """
     points = [{"step": r["step"], "loss": r["loss"], "series": "training"} for r in rows if "loss" in r]
     points += [{"step": r["step"], "loss": r["eval_loss"], "series": "validation"} for r in rows if "eval_loss" in r]
     if not points:
         return None
-    points += [{"step": float("nan"), "loss": float("nan"), "series": series} for series in LOSS_SERIES]
+    points = [{"step": float("nan"), "loss": float("nan"), "series": series} for series in LOSS_SERIES] + points
     frame = pd.DataFrame(points, columns=["step", "loss", "series"])
     return frame.astype({"step": "float64", "loss": "float64", "series": "str"})
 
