@@ -177,6 +177,10 @@ def test_cancel_keeps_a_checkpoint_and_resume_finishes(service):
         service.cancel("cancelled")
     service.resume("cancelled")
     wait_for_step(service, "cancelled", stopped_at + 2)
+    assert service.running() == ["cancelled"]
+    with pytest.raises(WorkbenchError, match="Run 'cancelled' is still training"):
+        service.start(scratch_config("second"))  # one run at a time
+    assert "second" not in service.names()
     service.cancel("cancelled")
     assert service.wait("cancelled", 120).status == "cancelled"
     service.delete("cancelled")

@@ -143,12 +143,29 @@ class TrainingService:
         return need.summary()
 
     # lifecycle -----------------------------------------------------------
+    def running(self) -> list[str]:
+        """Names of the runs whose process is training now (from state.json and the process table)."""
+        names = []
+        for name in self.names():
+            state = self.run_files(name).read_state()
+            if state.get("status") == RUNNING and _alive(state.get("pid")):
+                names.append(name)
+        return names
+
+    def _refuse_if_busy(self, name: str) -> None:
+        """One run at a time: two would split the cores and add up memory the estimate does not count."""
+        busy = [n for n in self.running() if n != name]
+        if busy:
+            raise RunError(f"Run {busy[0]!r} is still training; wait for it to finish or cancel it, "
+                           "then start this one (two runs would share this machine's cores and memory).")
+
     def start(self, config: TrainConfig, trusted_paths: bool = False) -> RunStatus:
         """Write the run folder and start its process."""
         config.validate()
         run = self.run_files(config.name)
         if os.path.exists(run.folder):
             raise RunError(f"A run named {config.name!r} already exists; pick another name, or resume or delete it.")
+        self._refuse_if_busy(config.name)
         self.check_memory(config, trusted_paths)
         resolved = self._resolve(config, trusted_paths)
         output = None
@@ -187,6 +204,7 @@ class TrainingService:
             raise RunError(f"Run {name!r} is already running.")
         if not current.resumable:
             raise RunError(f"Run {name!r} has {current.status}; there is nothing to resume.")
+        self._refuse_if_busy(name)
         try:
             os.unlink(run.cancel_flag)
         except FileNotFoundError:
