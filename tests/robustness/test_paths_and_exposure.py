@@ -234,3 +234,52 @@ def test_pickle_weights_cannot_be_loaded_from_the_browser(client, root):
     assert "pickle" in row[-1]
     with pytest.raises(Exception, match="not in the list of choices|pickle"):
         client.predict("pickled", "auto", *FORM, api_name="/load_model")
+
+
+
+def _upload_event(app, path: str | None = None) -> tuple[bool, dict]:
+    """Fire the dataset upload event as the browser does (it is private: no API name), naming `path`,
+    or, without one, a file first sent through Gradio's upload route. Returns (success, last message)."""
+    import httpx
+
+    with httpx.Client(base_url=app.url, timeout=120) as web:
+        assert web.post("login", data={"username": "workbench", "password": app.password}).status_code == 200
+        if path is None:
+            sent = web.post("gradio_api/upload", files={"files": ("notes.txt", b"Uploaded notes.\n", "text/plain")})
+            path = sent.json()[0]
+        config = web.get("config").json()
+        labels = {c["id"]: c.get("props", {}).get("label") or "" for c in config["components"]}
+        fn_index, trigger = next((i, t[0]) for i, d in enumerate(config["dependencies"]) for t in d["targets"]
+                                 if t[1] == "upload" and labels.get(t[0], "").startswith("Upload a dataset"))
+        session = f"upload-{os.getpid()}-{len(path)}"
+        joined = web.post("gradio_api/queue/join", json={
+            "data": [{"path": path, "meta": {"_type": "gradio.FileData"}}], "fn_index": fn_index,
+            "session_hash": session, "trigger_id": trigger, "event_data": None})
+        assert joined.status_code == 200, joined.text
+        with web.stream("GET", "gradio_api/queue/data", params={"session_hash": session}) as stream:
+            for line in stream.iter_lines():
+                message = json.loads(line[5:]) if line.startswith("data:") else {}
+                if message.get("msg") == "process_completed":
+                    return message["success"], message
+    raise AssertionError("the upload event never completed")
+
+
+def _datasets(root) -> list[str]:
+    return sorted(os.listdir(root / "datasets")) if (root / "datasets").is_dir() else []
+
+
+@pytest.mark.parametrize("target", ["secret", "/etc/passwd", "../webui.py"])
+def test_a_dataset_upload_cannot_name_a_file_on_the_server(app, root, target):
+    """The upload event takes only files the browser uploaded: a path on the server is refused."""
+    path = str(root / "user_data" / "secret.txt") if target == "secret" else target
+    before = _datasets(root)
+    success, message = _upload_event(app, path)
+    assert success is False and "not uploaded by a user" in message["output"]["error"], message
+    assert _datasets(root) == before
+
+
+def test_a_real_upload_lands_in_datasets(app, root):
+    """The control for the test above: the same call with an uploaded file works."""
+    success, message = _upload_event(app)
+    assert success is True, message
+    assert (root / "datasets" / "notes.txt").read_text() == "Uploaded notes.\n"
