@@ -151,3 +151,13 @@ def test_loss_legend_order_does_not_depend_on_which_loss_was_logged_first():
     assert list(dict.fromkeys(frame["series"])) == list(LOSS_SERIES) == ["training", "validation"]
     drawn = frame.dropna()
     assert sorted(drawn.values.tolist()) == [[0.0, 3.0, "validation"], [1.0, 3.1, "training"]]
+
+
+def test_a_resumed_run_plots_each_step_once_with_its_newest_loss():
+    """After a kill the run resumes from its checkpoint and logs the steps after it again."""
+    from workbench.ui.training_tab import loss_frame
+
+    rows = [{"step": s, "loss": 3.0 - s / 10} for s in (1, 2, 3, 4)] + [{"step": s, "loss": 2.0} for s in (3, 4, 5)]
+    drawn = loss_frame(rows).dropna().sort_values("step")
+    assert drawn["step"].tolist() == [1, 2, 3, 4, 5]
+    assert drawn["loss"].tolist() == [2.9, 2.8, 2.0, 2.0, 2.0]

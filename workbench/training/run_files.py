@@ -114,8 +114,15 @@ class RunFiles:
             names = os.listdir(self.checkpoints)
         except FileNotFoundError:
             return None
-        steps = []
-        for n in names:
-            if n.startswith("checkpoint-") and n[11:].isdigit() and os.path.isfile(os.path.join(self.checkpoints, n, "trainer_state.json")):
-                steps.append(int(n[11:]))
+        steps = [int(n[11:]) for n in names
+                 if n.startswith("checkpoint-") and n[11:].isdigit() and self._complete(os.path.join(self.checkpoints, n))]
         return os.path.join(self.checkpoints, f"checkpoint-{max(steps)}") if steps else None
+
+    @staticmethod
+    def _complete(folder: str) -> bool:
+        """The Trainer writes trainer_state.json last: a checkpoint cut short (kill, full disk) lacks it or has it cut."""
+        try:
+            with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as f:
+                return isinstance(json.load(f), dict)
+        except (OSError, ValueError):
+            return False

@@ -11,6 +11,7 @@ stop; the outcome (completed, cancelled, failed with the reason) goes to state.j
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import signal
@@ -200,6 +201,18 @@ def save_result(config: TrainConfig, run: RunFiles, model, tokenizer, template) 
     return out
 
 
+def failure_message(e: BaseException) -> str:
+    """The one sentence a failed run shows."""
+    if isinstance(e, WorkbenchError):
+        return str(e)
+    if isinstance(e, MemoryError):
+        return "Training ran out of memory; lower the batch size or the cutoff length."
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return ("The disk is full, so the run stopped; free some space and press Resume: it goes on from its "
+                "last complete checkpoint.")
+    return f"Training failed ({type(e).__name__}: {brief(e)})."
+
+
 def run(folder: str) -> int:
     run_files = RunFiles(folder)
     stop = {"requested": False}
@@ -274,11 +287,8 @@ def run(folder: str) -> int:
         print(f"done: {output}", flush=True)
         return 0
     except BaseException as e:  # the run's outcome must say failed, whatever happened
-        message = str(e) if isinstance(e, WorkbenchError) else f"Training failed ({type(e).__name__}: {brief(e)})."
-        if isinstance(e, MemoryError):
-            message = "Training ran out of memory; lower the batch size or the cutoff length."
         traceback.print_exc()
-        run_files.update_state(status=FAILED, finished=time.time(), error=message)
+        run_files.update_state(status=FAILED, finished=time.time(), error=failure_message(e))
         return 1
     finally:
         try:

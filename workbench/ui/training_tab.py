@@ -64,11 +64,15 @@ def loss_frame(rows: list[dict]) -> pd.DataFrame | None:
     the legend lists the series in LOSS_SERIES order whichever was logged first (the
     validation pass before training logs before any training step).
     """
-    points = [{"step": r["step"], "loss": r["loss"], "series": "training"} for r in rows if "loss" in r]
-    points += [{"step": r["step"], "loss": r["eval_loss"], "series": "validation"} for r in rows if "eval_loss" in r]
-    if not points:
+    latest = {}  # (series, step) -> loss: a resumed run logs again the steps after its checkpoint; the newest counts
+    for r in rows:
+        for key, series in (("loss", "training"), ("eval_loss", "validation")):
+            if key in r:
+                latest[series, r["step"]] = r[key]
+    if not latest:
         return None
-    points = [{"step": float("nan"), "loss": float("nan"), "series": series} for series in LOSS_SERIES] + points
+    points = [{"step": float("nan"), "loss": float("nan"), "series": series} for series in LOSS_SERIES]
+    points += [{"step": step, "loss": loss, "series": series} for (series, step), loss in latest.items()]
     frame = pd.DataFrame(points, columns=["step", "loss", "series"])
     return frame.astype({"step": "float64", "loss": "float64", "series": "str"})
 
