@@ -112,12 +112,13 @@ class GenerationRequest:
     prompt: str | None = None           # raw text, used as-is when messages is None
     params: GenParams = field(default_factory=GenParams)
     continue_last: bool = False         # messages end with a partial assistant reply: continue it
+    fit_context: bool = False           # drop the oldest turns that do not fit (see context_fit.py)
 
     def to_dict(self) -> dict:
         return {"messages": self.messages, "prompt": self.prompt, "params": self.params.to_dict(),
-                "continue_last": self.continue_last}
+                "continue_last": self.continue_last, "fit_context": self.fit_context}
 
     @classmethod
     def from_dict(cls, data: dict) -> "GenerationRequest":
         return cls(data.get("messages"), data.get("prompt"), GenParams.from_dict(data.get("params") or {}),
-                   bool(data.get("continue_last")))
+                   bool(data.get("continue_last")), bool(data.get("fit_context")))

@@ -6,7 +6,7 @@ kill the app, unloading returns every byte (the process ends), a generation can 
 cancelled, and the model's memory can be measured on its own.
 
 Messages, parent -> child: ("load", backend, detection, options), ("generate", request),
-("tokenize", text), ("count", request), ("memory",), ("score", text, window), ("shutdown",).
+("tokenize", text), ("memory",), ("score", text, window), ("shutdown",).
 "score" (perplexity) is answered by ("progress", done, total) messages, then ("ok", result).
 Child -> parent: ("ok", value), ("token", text), ("done", stats),
 ("error", error_class_name, message).
@@ -19,6 +19,7 @@ import multiprocessing as mp
 import os
 import threading
 import time
+from collections import deque
 from typing import Callable, Iterator
 
 from . import errors
@@ -65,8 +66,11 @@ def _redirect_output(log_path: str) -> None:
     os.close(fd)
 
 
-def _stream(conn, backend, request: GenerationRequest, cancel_event) -> None:
+def _stream(conn, backend, n_ctx: int, request: GenerationRequest, cancel_event) -> None:
     """Run one generation, sending text as it comes, then the stats.
+
+    A chat request with `fit_context` first loses its oldest turns that do not fit (the
+    stats say how many), here beside the tokenizer, so the caller makes one trip.
 
     Text made within STREAM_COALESCE_S of the last send goes out with the next send: on a
     small machine each wake-up of the app process steals a core from the engine's threads,
@@ -75,6 +79,11 @@ def _stream(conn, backend, request: GenerationRequest, cancel_event) -> None:
     """
     cancel_event.clear()
     started = time.perf_counter()
+    dropped = 0
+    if request.fit_context and request.messages:
+        from .context_fit import fit_to_context
+
+        request, dropped = fit_to_context(request, lambda r: len(backend.prompt_tokens(r)), n_ctx)
     first, last_send, pending = None, 0.0, []
     for event in backend.generate(request, cancel_event.is_set):
         now = time.perf_counter()
@@ -87,6 +96,7 @@ def _stream(conn, backend, request: GenerationRequest, cancel_event) -> None:
                 "prompt_tokens": event.prompt_tokens,
                 "completion_tokens": event.completion_tokens,
                 "cached_tokens": event.cached_tokens,
+                "dropped_messages": dropped,
                 "ttft_s": (first - started) if first is not None else now - started,
                 "total_s": now - started,
                 # tokens after the first, over the time after the first
@@ -111,7 +121,7 @@ def _worker_main(conn, cancel_event, log_path: str | None) -> None:
         _redirect_output(log_path)
     quiet_engines()
 
-    backend = None
+    backend, n_ctx = None, 0
     while True:
         try:
             msg = conn.recv()
@@ -128,15 +138,14 @@ def _worker_main(conn, cancel_event, log_path: str | None) -> None:
                 info = backend.load(Detection(**{**detection, "weight_files": tuple(detection["weight_files"])}),
                                     LoadOptions.from_dict(options))
                 result = info.to_dict()
+                n_ctx = info.n_ctx
                 result["load_s"] = time.perf_counter() - started
                 result["memory"] = _memory()
                 conn.send(("ok", result))
             elif kind == "generate":
-                _stream(conn, backend, GenerationRequest.from_dict(msg[1]), cancel_event)
+                _stream(conn, backend, n_ctx, GenerationRequest.from_dict(msg[1]), cancel_event)
             elif kind == "tokenize":
                 conn.send(("ok", backend.tokenize(msg[1])))
-            elif kind == "count":
-                conn.send(("ok", len(backend.prompt_tokens(GenerationRequest.from_dict(msg[1])))))
             elif kind == "memory":
                 conn.send(("ok", _memory()))
             elif kind == "score":
@@ -173,8 +182,40 @@ def _raise_from_worker(name: str, message: str):
 STOP_POLL_S = 0.05  # how often a waiting reader checks its own stop request
 
 
+class ArrivalOrderLock:
+    """A lock handed over in the order it was asked for (threading.Lock promises no order), so
+    chat users and API clients sharing one model are served first come, first served.
+
+    Ownership passes straight from the holder to the oldest waiter. A waiter must not be
+    interrupted while it waits (our callers are server threads, which never are).
+    """
+
+    def __init__(self):
+        self._mutex = threading.Lock()
+        self._waiters: deque[threading.Lock] = deque()
+        self._held = False
+
+    def __enter__(self) -> "ArrivalOrderLock":
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return self
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiters.append(turn)
+        turn.acquire()  # released by the holder when it is this waiter's turn
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._mutex:
+            if self._waiters:
+                self._waiters.popleft().release()  # still held: now by the oldest waiter
+            else:
+                self._held = False
+
+
 class ModelWorker:
-    """Parent-side handle on one worker process. Calls are serialized by a lock."""
+    """Parent-side handle on one worker process. Calls take turns, in arrival order (ArrivalOrderLock)."""
 
     def __init__(self, log_path: str | None = None):
         self.log_path = log_path  # the child's stdout/stderr go here (None: inherit the parent's)
@@ -183,7 +224,7 @@ class ModelWorker:
         self._process = _CTX.Process(target=_worker_main, args=(child_conn, self._cancel, log_path), daemon=True)
         self._process.start()
         child_conn.close()  # so a dead child shows up as EOF on our end
-        self._lock = threading.Lock()
+        self._lock = ArrivalOrderLock()
 
     @property
     def pid(self) -> int | None:
@@ -224,9 +265,6 @@ class ModelWorker:
     def tokenize(self, text: str) -> list[int]:
         return self._call(("tokenize", text))
 
-    def count_prompt_tokens(self, request: GenerationRequest) -> int:
-        return self._call(("count", request.to_dict()))
-
     def memory(self) -> dict:
         return self._call(("memory",))
 
@@ -253,7 +291,7 @@ class ModelWorker:
         with self._lock:
             if stop is not None and stop.is_set():
                 yield "done", {"finish_reason": "cancelled", "prompt_tokens": 0, "completion_tokens": 0,
-                               "cached_tokens": 0, "ttft_s": 0.0, "tokens_per_s": 0.0}
+                               "cached_tokens": 0, "dropped_messages": 0, "ttft_s": 0.0, "tokens_per_s": 0.0}
                 return
             self._send(("generate", request.to_dict()))
             finished = False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workbench.errors import NoModelLoaded
+from workbench.errors import NoModelLoaded, WorkbenchError
 from workbench.options import GenParams, LoadOptions
 from workbench.paths import Paths
 from workbench.services.chat_service import ChatService, format_stats
@@ -57,12 +57,19 @@ def test_overflowing_conversation_drops_oldest_turns_keeps_system_prompt(chat):
         conv.messages += [{"role": "user", "content": f"Remember fact {i}: " + "blue " * 40},
                           {"role": "assistant", "content": "Noted. " * 20}]
     chat.conversations.save(conv)
-    request, dropped = chat.fit(conv, GenParams(max_tokens=64))
-    assert dropped >= 2 and request.messages[0] == {"role": "system", "content": "You are a helpful assistant."}
     final = last(chat.send(conv, "What color?", GenParams(temperature=0, max_tokens=16)))
-    assert final.stats["dropped_messages"] >= 2
+    assert final.stats["dropped_messages"] >= 2 and final.stats["prompt_tokens"] + 16 <= 512
     assert "outgrew the context" in format_stats(final.stats)
     assert len(chat.conversations.get(conv.id).messages) == 14  # nothing dropped from the saved chat
+
+
+def test_a_message_larger_than_the_context_is_refused_and_no_empty_reply_is_saved(chat):
+    conv = chat.conversations.new("You are a helpful assistant.")
+    with pytest.raises(WorkbenchError, match=r"The last message alone takes \d+ tokens but the context holds 512"):
+        last(chat.send(conv, "blue " * 800, GREEDY))
+    saved = chat.conversations.get(conv.id)
+    assert [m["role"] for m in saved.messages] == ["user"]  # the question is kept, to shorten and resend
+    assert "Paris" in last(chat.send(conv, "What is the capital of France?", GREEDY)).text  # the model still serves
 
 
 def test_no_model_is_reported_before_anything_is_saved(tmp_path):

@@ -1,10 +1,10 @@
 """ChatService: a conversation plus a new message (or regenerate / continue) -> a streamed reply.
 
 Owns how a conversation becomes a generation request (system prompt first, then the
-turns), fitting it into the context (the oldest turns are dropped, the system prompt
-stays, and the user is told), saving the conversation before and after each reply, and
-the per-reply numbers users see. It does not own the model (ModelService), the files
-(ConversationStore) or the screen (ui/chat_tab.py).
+turns, asking the worker to leave out the oldest turns that do not fit: context_fit.py
+holds that rule, and the reply's stats say how many), saving the conversation before and
+after each reply, and the per-reply numbers users see. It does not own the model
+(ModelService), the files (ConversationStore) or the screen (ui/chat_tab.py).
 """
 
 from __future__ import annotations
@@ -47,27 +47,6 @@ class ChatService:
         self.conversations = conversations
         self._stops: dict[str, threading.Event] = {}  # session -> the stop request of its running reply
 
-    # --- building the request ---------------------------------------------------------
-    def fit(self, conv: Conversation, params: GenParams, continue_last: bool = False) -> tuple[GenerationRequest, int]:
-        """The request for `conv`, with the oldest turns dropped until prompt + reply fit the context."""
-        n_ctx = self.models.context_size()
-        turns = list(conv.messages)
-        dropped = 0
-        while True:
-            request = GenerationRequest(messages=with_system(conv.system_prompt, turns), params=params,
-                                        continue_last=continue_last)
-            used = self.models.count_prompt_tokens(request)
-            if used + min(params.max_tokens, 256) <= n_ctx or len(turns) <= 1:
-                break
-            cut = 2 if len(turns) > 2 and turns[0]["role"] == "user" and turns[1]["role"] == "assistant" else 1
-            turns, dropped = turns[cut:], dropped + cut
-        if used >= n_ctx:
-            raise WorkbenchError(
-                f"The last message alone takes {used} tokens but the context holds {n_ctx}; shorten it or load "
-                "the model with a larger context."
-            )
-        return request, dropped
-
     # --- replies ------------------------------------------------------------------------
     def send(self, conv: Conversation, text: str, params: GenParams, session: str | None = None) -> Iterator[ReplyChunk]:
         """Add the user's message, save, stream the reply, save again; `stop(session)` ends it."""
@@ -94,7 +73,9 @@ class ChatService:
 
     def _reply(self, conv: Conversation, params: GenParams, continue_last: bool,
                session: str | None) -> Iterator[ReplyChunk]:
-        request, dropped = self.fit(conv, params, continue_last)
+        # The worker leaves out the oldest turns that do not fit the context (context_fit.py).
+        request = GenerationRequest(messages=with_system(conv.system_prompt, conv.messages), params=params,
+                                    continue_last=continue_last, fit_context=True)
         start = conv.messages[-1]["content"] if continue_last else ""
         if not continue_last:
             conv.messages.append({"role": "assistant", "content": ""})
@@ -109,12 +90,14 @@ class ChatService:
                     conv.messages[-1]["content"] = text
                     yield ReplyChunk(text)
                 else:
-                    stats = dict(value, dropped_messages=dropped, context=self.models.context_size())
+                    stats = dict(value, context=self.models.context_size())
                     stats["conversation_tokens"] = stats["prompt_tokens"] + stats["completion_tokens"]
                     yield ReplyChunk(text, stats)
         finally:
             if session is not None and self._stops.get(session) is stop:
                 del self._stops[session]
+            if not continue_last and not conv.messages[-1]["content"]:
+                conv.messages.pop()  # nothing came (an error, or Stop before the first token): no empty reply
             self.conversations.save(conv)  # whatever came, even after Stop or an error
 
     def stop(self, session: str) -> None:

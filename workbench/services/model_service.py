@@ -205,10 +205,6 @@ class ModelService:
             raise
         return {**result, "model": self._info["name"], "backend": self._info["backend"]}
 
-    def count_prompt_tokens(self, request: GenerationRequest) -> int:
-        """How many tokens the request's prompt takes (chat template included)."""
-        return self._require_worker().count_prompt_tokens(request)
-
     def context_size(self) -> int:
         self._require_worker()
         return self._info["n_ctx"]

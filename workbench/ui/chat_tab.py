@@ -20,6 +20,9 @@ from ..services.chat_service import DEFAULT_SYSTEM_PROMPT, ChatService, format_s
 from ..services.conversations import Conversation, remove_turn
 
 
+WAITING_REPLIES = 16  # chat replies handed to the model worker's line at once (each holds a thread while it waits)
+
+
 def conversation_choices(chat: ChatService) -> list[tuple[str, str]]:
     rows, errors = chat.conversations.list()
     for error in errors:
@@ -205,10 +208,13 @@ def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_fol
         return gr.update(choices=presets.names(), value=None)
 
     outputs = [chatbot, message, stats, conv_id, conversations]
-    send.click(on_send, [message, conv_id, system, *sliders], outputs, api_name="chat")
-    message.submit(on_send, [message, conv_id, system, *sliders], outputs, api_visibility="private")
-    regenerate.click(on_regenerate, [conv_id, system, *sliders], outputs, api_name="regenerate")
-    cont.click(on_continue, [conv_id, system, *sliders], outputs, api_name="continue")
+    # Replies from every browser tab (and API client) wait their turn at the model worker, in arrival
+    # order; Gradio's queue (which shows a position) only holds those beyond WAITING_REPLIES.
+    replies = dict(concurrency_id="chat-reply", concurrency_limit=WAITING_REPLIES)
+    send.click(on_send, [message, conv_id, system, *sliders], outputs, api_name="chat", **replies)
+    message.submit(on_send, [message, conv_id, system, *sliders], outputs, api_visibility="private", **replies)
+    regenerate.click(on_regenerate, [conv_id, system, *sliders], outputs, api_name="regenerate", **replies)
+    cont.click(on_continue, [conv_id, system, *sliders], outputs, api_name="continue", **replies)
     stop.click(on_stop, None, None, api_name="stop", queue=False)
     edit_last.click(lambda cid: without_turn(cid, None, True), conv_id, [chatbot, message], api_name="edit_last")
     delete_last.click(lambda cid: without_turn(cid, None, False)[0], conv_id, chatbot, api_name="delete_last")
