@@ -5,7 +5,8 @@ scratch root. First every question is asked alone, greedily with a fixed seed, t
 its reference reply; then sixteen users ask their own question over and over at the same
 time: eight through the UI (gradio_client, each its own session, a new chat per question)
 and eight through the API (half of them streaming). Every reply must equal its own
-question's reference: a missing, failed or foreign answer is a failure. The RSS of the
+question's reference: a missing, failed or foreign answer is a failure; and every user must
+be answered about as often as the others. The RSS of the
 app and its model worker is sampled every few seconds: it must not grow much overall, nor
 in the second half. WORKBENCH_LOAD_SECONDS shortens the run for a quick local check. No
 timing assertions; a summary goes to test-artifacts/e2e/load-summary.json.
@@ -155,6 +156,16 @@ def test_no_request_fails_and_every_user_is_answered(load_run):
     assert load_run.errors == []
     users = {e.user for e in load_run.exchanges}
     assert users == {f"ui-{i}" for i in range(8)} | {f"api-{i}" for i in range(8)}
+
+
+def test_every_user_is_served_about_as_often_as_the_others(load_run):
+    """Replies take turns in arrival order: a chat user in the browser waits no longer than an API client.
+
+    Counts, not times: with fair turns each user gets about as many answers (40-41 each here);
+    when the UI's users shared one slot between them, each got a tenth of an API client's share.
+    """
+    counts = {u: sum(e.user == u for e in load_run.exchanges) for u in {e.user for e in load_run.exchanges}}
+    assert min(counts.values()) * 3 >= max(counts.values()), counts
 
 
 def test_every_user_gets_the_answer_to_their_own_question(load_run):
