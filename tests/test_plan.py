@@ -36,6 +36,14 @@ def test_llama_plan_grows_with_context_by_the_kv_cache(sample_gguf):
     assert q8.device("cpu").kv_cache < big.kv_cache * 0.55
 
 
+def test_a_context_past_the_trained_one_is_allowed_with_a_warning(sample_gguf):
+    d = detect(sample_gguf)
+    assert d.context_length == 8192
+    long = make_plan(d, "llama.cpp", LoadOptions(n_ctx=16384), CPU_BOX)
+    assert long.n_ctx == 16384 and "trained on a context of 8192 tokens" in " ".join(long.notes)
+    assert not any("trained on" in n for n in make_plan(d, "llama.cpp", LoadOptions(n_ctx=8192), CPU_BOX).notes)
+
+
 def test_impossible_llama_load_is_refused_with_numbers_and_a_fix(sample_gguf):
     plan = make_plan(detect(sample_gguf), "llama.cpp", LoadOptions(n_ctx=8192, max_ram_gib=0.25), CPU_BOX)
     assert not plan.fits

@@ -301,6 +301,9 @@ def make_plan(detection: Detection, backend: str, options: LoadOptions, hw: Hard
         plan.max_n_ctx = _largest_fitting(build, 256, n_ctx - 1)
     if n_ctx != options.n_ctx:
         plan.notes.append(f"Context capped at the model's maximum of {n_ctx} tokens.")
+    elif detection.context_length and n_ctx > detection.context_length:
+        plan.notes.append(f"The model was trained on a context of {detection.context_length} tokens; "
+                          "past that its replies degrade.")
     return plan
 
 
