@@ -1,0 +1,7 @@
+"""Get models: find a repo on the Hugging Face Hub (or a mirror), plan each form it offers from
+its headers alone, and download the chosen one into models/ resumably, verified and atomically.
+
+`hub.py` talks to the hub, `forms.py` groups a repo's files, `planning.py` reads remote headers
+and runs the memory planner, `downloader.py` fetches one file, `job.py` one model, `service.py`
+queues them; `cli.py` is the `download` subcommand. Imports no gradio, torch or engine.
+"""

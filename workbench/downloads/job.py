@@ -1,0 +1,198 @@
+"""One model's download on disk: a hidden staging folder in models/, its manifest, the disk check,
+and the final rename that makes the model appear.
+
+Everything lands in `models/.download-<name>/` (a dot name, so ModelService.list_models skips it):
+`job.json` says what is being fetched (repo, commit, files), each file grows as `<file>.part` and
+becomes `<file>` only once verified. When every file is there, one `os.replace` puts the GGUF file
+or the folder at `models/<name>`; until then nothing half-written is visible. The staging folder
+survives a cancel, a killed app or a reboot, and the next run of the same download resumes in it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Callable
+
+from ..atomic import write_json_atomic
+from ..errors import PathOutsideModels, WorkbenchError
+from ..paths import resolve_inside
+from .downloader import FileDownloader, FileTask
+from .errors import DownloadError, NotEnoughDisk, TargetExists
+from .hub import Hub
+from .types import GGUF_FORM, Form, RepoFile
+
+STAGING_PREFIX = ".download-"
+MANIFEST = "job.json"
+GiB = 2**30
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What one download fetches and where it goes; saved as the staging folder's job.json."""
+
+    repo_id: str
+    commit: str
+    label: str
+    kind: str
+    name: str                    # the entry in models/
+    files: tuple[RepoFile, ...]
+
+    @property
+    def single_file(self) -> bool:
+        return self.kind == GGUF_FORM and len(self.files) == 1
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size or 0 for f in self.files)
+
+    @classmethod
+    def for_form(cls, repo_id: str, commit: str, form: Form, name: str | None = None) -> "JobSpec":
+        return cls(repo_id, commit, form.label, form.kind, name or form.default_name, form.files)
+
+    def to_dict(self) -> dict:
+        return {"repo_id": self.repo_id, "commit": self.commit, "label": self.label, "kind": self.kind,
+                "name": self.name, "files": [f.__dict__ for f in self.files]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "JobSpec":
+        files = tuple(RepoFile(**f) for f in d["files"])
+        return cls(d["repo_id"], d["commit"], d["label"], d["kind"], d["name"], files)
+
+
+def check_name(models: str, name: str) -> str:
+    """The path `name` takes in models/; refused if it leaves models/, is hidden or nested, or exists."""
+    if not isinstance(name, str) or name.startswith(".") or "/" in name.strip("/"):
+        raise PathOutsideModels(f"{name!r} cannot be a name in models/: use a plain name without '/' or a "
+                                "leading dot.")
+    path = resolve_inside(models, name, "model")
+    if os.path.lexists(path):
+        raise TargetExists(f"models/{name} already exists; delete it or pick another name.")
+    return path
+
+
+def staging_dir(models: str, name: str) -> str:
+    return os.path.join(models, STAGING_PREFIX + name)
+
+
+def unfinished(models: str) -> list[JobSpec]:
+    """Downloads whose staging folder is still in models/ (cancelled, failed, killed)."""
+    found = []
+    if not os.path.isdir(models):
+        return found
+    for entry in sorted(os.listdir(models)):
+        manifest = os.path.join(models, entry, MANIFEST)
+        if entry.startswith(STAGING_PREFIX) and os.path.isfile(manifest):
+            try:
+                import json
+
+                with open(manifest, encoding="utf-8") as f:
+                    found.append(JobSpec.from_dict(json.load(f)))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # a manifest cut short by a crash: the folder is ignored, never half-read
+    return found
+
+
+def bytes_on_disk(models: str, spec: JobSpec) -> int:
+    """Bytes of `spec` already in its staging folder (finished files and partial ones)."""
+    staging, total = staging_dir(models, spec.name), 0
+    for f in spec.files:
+        final = os.path.join(staging, f.name)
+        for path in (final, final + ".part"):
+            if os.path.isfile(path):
+                total += os.path.getsize(path)
+                break
+    return total
+
+
+def check_disk(models: str, spec: JobSpec) -> None:
+    """Refuse, with how much is missing, when the rest of the download does not fit the free space."""
+    need = max(spec.total_bytes - bytes_on_disk(models, spec), 0)
+    free = shutil.disk_usage(models).free
+    if need > free:
+        raise NotEnoughDisk(f"{spec.name} needs {need / GiB:.2f} GiB more but {models} has {free / GiB:.2f} GiB "
+                            f"free: free {(need - free) / GiB:.2f} GiB and start it again.")
+
+
+def prepare(models: str, spec: JobSpec) -> str:
+    """Create (or find, for a resume) the staging folder with its manifest; return its path."""
+    os.makedirs(models, exist_ok=True)
+    check_name(models, spec.name)
+    staging = staging_dir(models, spec.name)
+    existing = next((s for s in unfinished(models) if s.name == spec.name), None)
+    if existing and (existing.repo_id, existing.commit, existing.label) != (spec.repo_id, spec.commit, spec.label):
+        raise TargetExists(f"An unfinished download of {existing.repo_id}:{existing.label} already uses the name "
+                           f"{spec.name}; resume it, delete models/{STAGING_PREFIX}{spec.name}, or pick another name.")
+    for f in spec.files:  # a hostile listing must not write outside the staging folder
+        try:
+            resolve_inside(staging, f.name, "file")
+        except PathOutsideModels as e:
+            raise PathOutsideModels(f"The repo lists a file {f.name!r} that would land outside models/; "
+                                    "refused.") from e
+    os.makedirs(staging, exist_ok=True)
+    check_disk(models, spec)
+    if existing is None:
+        write_json_atomic(os.path.join(staging, MANIFEST), spec.to_dict())
+    return staging
+
+
+def _task(hub: Hub, spec: JobSpec, f: RepoFile) -> FileTask:
+    """The file's task with the checksum the hub gives for it (listing first, then the HEAD's etag)."""
+    url = hub.url(spec.repo_id, spec.commit, f.name)
+    meta = hub.file_meta(spec.repo_id, url, f.name)
+    size = f.size if f.size is not None else meta.size
+    if size is None:
+        raise DownloadError(f"The hub does not say how large {f.name} is, so it cannot be verified; try again later.")
+    etag = (meta.etag or "").lower()
+    sha = f.sha256 or (etag if len(etag) == 64 else None)
+    blob = f.blob_id or (etag if len(etag) == 40 and not sha else None)
+    return FileTask(spec.repo_id, f.name, url, size, sha, blob, meta.xet)
+
+
+def run(hub: Hub, models: str, spec: JobSpec, downloader: FileDownloader,
+        on_file: Callable[[str], None] = lambda name: None) -> str:
+    """Download every file of `spec` into its staging folder, then move the model into place; its path."""
+    staging = prepare(models, spec)
+    for f in spec.files:
+        final = resolve_inside(staging, f.name, "file")
+        if os.path.isfile(final):
+            continue  # verified in an earlier run
+        on_file(f.name)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        downloader.fetch(_task(hub, spec, f), final + ".part")
+        os.replace(final + ".part", final)
+    return finish(models, spec)
+
+
+def finish(models: str, spec: JobSpec) -> str:
+    """The one rename that makes the model visible in models/."""
+    staging = staging_dir(models, spec.name)
+    target = check_name(models, spec.name)
+    if spec.single_file:
+        os.replace(os.path.join(staging, spec.files[0].name), target)
+        shutil.rmtree(staging)
+    else:
+        os.unlink(os.path.join(staging, MANIFEST))
+        os.replace(staging, target)
+    _fsync_dir(models)
+    return target
+
+
+def discard(models: str, name: str) -> None:
+    """Delete an unfinished download's staging folder (its kept bytes go too)."""
+    staging = staging_dir(models, name)
+    if not os.path.isdir(staging):
+        raise WorkbenchError(f"There is no unfinished download named {name}.")
+    shutil.rmtree(staging)
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
