@@ -124,6 +124,7 @@ class FakeHub:
 def _handler(hub: FakeHub):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out at once, as from a real server
 
         def log_message(self, *args) -> None:  # quiet
             pass

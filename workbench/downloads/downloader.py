@@ -139,7 +139,7 @@ class FileDownloader:
                 if start.strip() != str(state.have):
                     raise DownloadStalled(f"{task.name}: the server sent bytes from {start}, not {state.have}; "
                                           "try again later.")
-            for chunk in response.iter_bytes(CHUNK):
+            for chunk in response.iter_bytes():  # as they arrive: a sized chunk would lose its buffer on a drop
                 take = chunk[: task.size - state.have]  # never more than the file: a longer body is not the file
                 out.write(take)
                 state.hasher.update(take)

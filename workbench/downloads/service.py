@@ -205,10 +205,14 @@ class DownloadService:
             with self._lock:
                 self._set(job_id, current_file=name, message=f"downloading {name}")
 
+        started = time.monotonic()
         try:
             downloader = FileDownloader(self.hub_factory(), self.policy, cancel, meter.add, on_retry)
             path = jobs.run(downloader.hub, self.paths.models, spec, downloader, on_file)
-            outcome = dict(state=DONE, message=f"{spec.name} is ready in models/ ({os.path.basename(path)}).")
+            took = time.monotonic() - started
+            fetched = (meter.done - self._progress[job_id].resumed_bytes) / 2**20
+            outcome = dict(state=DONE, message=f"{os.path.basename(path)} is ready in models/ ({fetched:.1f} MiB "
+                                                f"fetched in {took:.1f} s, {fetched / max(took, 1e-3):.0f} MiB/s).")
         except DownloadCancelled:
             outcome = dict(state=CANCELLED, message=f"Cancelled; {meter.done / 2**20:.0f} MiB are kept in models/"
                                                     f"{jobs.STAGING_PREFIX}{spec.name} to resume from.")
