@@ -17,7 +17,7 @@ import sys
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from workbench.cli import add_load_flags, load_options_from_args, profile_store  # noqa: E402
+from workbench.load_flags import add_load_flags, load_options_from_args, profile_store  # noqa: E402
 from workbench.errors import WorkbenchError  # noqa: E402
 from workbench.paths import Paths  # noqa: E402
 
@@ -94,7 +94,9 @@ def share_reachable(timeout: float = 3.0) -> bool:
 
 
 def main(argv=None) -> int:
+    from workbench.backends.registry import default_registry
     from workbench.generation_presets import GenerationPresetStore
+    from workbench.jobs import JobService
     from workbench.services.chat_service import ChatService
     from workbench.services.compare_service import CompareService
     from workbench.services.conversations import ConversationStore
@@ -105,7 +107,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     paths = Paths.default()
     profiles = profile_store(paths)
-    models = ModelService(paths)
+    try:
+        registry = default_registry()
+    except WorkbenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    models = ModelService(paths, registry=registry)
     try:
         auth = resolve_auth(args)
         options = load_options_from_args(args, paths)
@@ -120,8 +127,8 @@ def main(argv=None) -> int:
         path = models.locate(args.model)
         print(f"[webui] loading {args.model}...", flush=True)
         try:
-            info = models.load(path, args.loader, options)
-            print(f"[webui] loaded with {info['backend']} in {info['load_s']:.1f} s", flush=True)
+            loaded = models.load(path, args.loader, options)
+            print(f"[webui] loaded with {loaded.backend} in {loaded.load_s:.1f} s", flush=True)
         except WorkbenchError as e:
             print(f"[webui] could not load {args.model}: {e} (the UI starts without a model)", flush=True)
     host = "0.0.0.0" if args.listen else args.host
@@ -136,10 +143,11 @@ def main(argv=None) -> int:
             return 0
     chat = ChatService(models, ConversationStore(os.path.join(paths.user_data, "chats")))
     presets = GenerationPresetStore(os.path.join(paths.presets, "generation"))
-    second = ModelService(paths, slot="b")
+    second = ModelService(paths, slot="b", registry=registry)
     compare = CompareService(models, second)
+    training = TrainingService(paths, runner=os.environ.get("WORKBENCH_TRAINING_RUNNER", "workbench.training.runner"))
     app = build_app(models, chat, compare, profiles, presets, options, os.path.join(paths.user_data, "exports"),
-                    TrainingService(paths), args.loader)
+                    training, JobService(paths), args.loader)
     share = args.share
     if share and not share_reachable():
         print("[webui] --share needs the internet and Gradio's share server is unreachable; serving locally only.",

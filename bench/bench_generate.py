@@ -163,8 +163,7 @@ class Workbench:
 
         self.tokens = tokens
         self.service = ModelService(Paths(ROOT), slot="bench")
-        self.info = self.service.load(path, options=LoadOptions())
-        self.load_s = self.info["load_s"]
+        self.load_s = self.service.load(path, options=LoadOptions()).load_s
 
     def run(self) -> dict:
         from workbench.options import GenerationRequest, GenParams
@@ -172,12 +171,12 @@ class Workbench:
         # A different prompt first, so this run computes its prompt again like the raw runs do.
         self.service.complete(GenerationRequest(prompt="Hello", params=GenParams(temperature=0, max_tokens=1)))
         r = self.service.complete(GenerationRequest(messages=MESSAGES, params=GenParams(temperature=0,
-                                                                                        max_tokens=self.tokens)))
-        return {"tokens": r["completion_tokens"], "ttft_s": r["ttft_s"], "total_s": r["total_s"],
-                "tokens_per_s": r["tokens_per_s"]}
+                                                                                        max_tokens=self.tokens))).stats
+        return {"tokens": r.completion_tokens, "ttft_s": r.ttft_s, "total_s": r.total_s,
+                "tokens_per_s": r.tokens_per_s}
 
     def close(self) -> float:
-        peak = self.service.worker_memory()["peak_rss_bytes"] / 2**20
+        peak = self.service.worker_memory().peak_rss_bytes / 2**20
         self.service.close()
         return peak
 

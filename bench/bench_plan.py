@@ -27,24 +27,24 @@ def measure(path: str, n_ctx: int) -> dict:
     try:
         options = LoadOptions(n_ctx=n_ctx)
         plan = service.plan(path, None, options)
-        info = service.load(path, options=options)
-        after_load = service.worker_memory()["rss_bytes"]
+        loaded = service.load(path, options=options)
+        after_load = service.worker_memory().rss_bytes
         # a prompt that fills the context but for a few tokens
         target = n_ctx - 8
         per_word = max(len(service.tokenize(" word" * 100)) / 100, 0.5)
         prompt = "word" + " word" * int(target / per_word - 1)
         while len(service.tokenize(prompt)) >= target:
             prompt = prompt[: int(len(prompt) * 0.98)]
-        result = service.complete(GenerationRequest(prompt=prompt, params=GenParams(temperature=0, max_tokens=4)))
+        result = service.complete(GenerationRequest(prompt=prompt, params=GenParams(temperature=0, max_tokens=4))).stats
         memory = service.worker_memory()
     finally:
         service.close()
-    planned = sum(d.total for d in plan.devices if d.device == "cpu")
+    planned = plan.ram_total()
     return {
-        "backend": info["backend"], "n_ctx": n_ctx, "prompt_tokens": result["prompt_tokens"],
-        "planned_mib": planned / 2**20, "measured_peak_rss_mib": memory["peak_rss_bytes"] / 2**20,
+        "backend": loaded.backend, "n_ctx": n_ctx, "prompt_tokens": result.prompt_tokens,
+        "planned_mib": planned / 2**20, "measured_peak_rss_mib": memory.peak_rss_bytes / 2**20,
         "measured_after_load_mib": after_load / 2**20,
-        "error": (planned - memory["peak_rss_bytes"]) / memory["peak_rss_bytes"],
+        "error": (planned - memory.peak_rss_bytes) / memory.peak_rss_bytes,
         "plan": {d.device: {"weights": d.weights, "kv_cache": d.kv_cache, "compute": d.compute, "runtime": d.runtime}
                  for d in plan.devices},
     }

@@ -81,6 +81,22 @@ def _derive_locked(folder: str, kind: str) -> str:
     return target
 
 
+REAL_MODEL_FIXTURES = {"sample_gguf", "sample_transformers", "sample_gptq", "sample_autogptq"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tiers: a test that uses a real model is `model`; tests/e2e is `browser`; both are also `slow`.
+
+    `./test.sh -m "not model and not browser and not slow"` is the fast tier (README)."""
+    for item in items:
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
+            item.add_marker(pytest.mark.slow)
+        if "e2e" in item.path.parts:
+            item.add_marker(pytest.mark.browser)
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def sample_gguf() -> str:
     if not os.path.isfile(SAMPLE_GGUF):

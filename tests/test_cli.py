@@ -25,6 +25,8 @@ def test_inspect_json(sample_gptq):
     assert info["format"] == "gptq" and info["backend"] == "gptq" and info["n_layers"] == 30
 
 
+@pytest.mark.model
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["sample_gguf", "sample_transformers", "sample_gptq"])
 def test_generate_json_on_every_form(form, request):
     path = request.getfixturevalue(form)

@@ -14,62 +14,8 @@ import os
 import sys
 
 from .errors import WorkbenchError
-from .options import DTYPES, KV_CACHE_TYPES, GenerationRequest, GenParams, LoadOptions
-
-LOADERS = ("auto", "llama.cpp", "transformers", "gptq")
-
-
-def add_load_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags for every LoadOptions field (shared with webui.py)."""
-    g = parser.add_argument_group("load options")
-    g.add_argument("--profile", help="hardware profile from presets/hardware/ (flags override it)")
-    g.add_argument("--loader", choices=LOADERS, default="auto", help="backend to use (default: detected from the files)")
-    g.add_argument("--n-ctx", type=int, help="context size in tokens (0 = the largest that fits)")
-    g.add_argument("--n-gpu-layers", type=int, help="llama.cpp layers on the GPU (-1 = all)")
-    g.add_argument("--n-batch", type=int, help="llama.cpp prompt batch size")
-    g.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
-    g.add_argument("--no-mmap", action="store_true", help="llama.cpp: read the file instead of mapping it")
-    g.add_argument("--mlock", action="store_true", help="llama.cpp: lock the weights in RAM")
-    g.add_argument("--flash-attn", action=argparse.BooleanOptionalAction, default=None,
-                   help="llama.cpp flash attention (default on: faster and smaller on CPU)")
-    g.add_argument("--cache-type", choices=KV_CACHE_TYPES, help="llama.cpp KV cache type")
-    g.add_argument("--dtype", choices=DTYPES, help="Transformers weights dtype")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), help="Transformers/GPTQ device")
-    g.add_argument("--max-vram", type=float, metavar="GIB", help="VRAM cap in GiB (Transformers/GPTQ)")
-    g.add_argument("--max-ram", type=float, metavar="GIB", help="RAM cap in GiB; the rest is offloaded to disk")
-    g.add_argument("--offload-folder", help="where offloaded weights go (default user_data/offload)")
-    g.add_argument("--trust-pickle", action="store_true", help="allow pickle weights (loaded with weights_only)")
-
-
-def load_options_from_args(args: argparse.Namespace, paths=None) -> LoadOptions:
-    """LoadOptions from --profile (if given) with the explicit flags on top."""
-    opts = LoadOptions()
-    if getattr(args, "profile", None):
-        opts = profile_store(paths).get(args.profile).options()
-    pairs = {
-        "n_ctx": args.n_ctx, "n_gpu_layers": args.n_gpu_layers, "n_batch": args.n_batch,
-        "n_threads": args.threads, "cache_type": args.cache_type, "dtype": args.dtype,
-        "device": args.device, "max_vram_gib": args.max_vram, "max_ram_gib": args.max_ram,
-        "offload_folder": args.offload_folder,
-    }
-    for field_name, value in pairs.items():
-        if value is not None:
-            setattr(opts, field_name, value)
-    for flag, field_name, value in (("no_mmap", "use_mmap", False), ("mlock", "use_mlock", True),
-                                    ("trust_pickle", "trust_pickle", True)):
-        if getattr(args, flag):
-            setattr(opts, field_name, value)
-    if args.flash_attn is not None:
-        opts.flash_attn = args.flash_attn
-    return opts.validate()
-
-
-def profile_store(paths=None):
-    from .paths import Paths
-    from .profiles import ProfileStore
-
-    paths = paths or Paths.default()
-    return ProfileStore(os.path.join(paths.presets, "hardware"), os.path.join(paths.user_data, "model_settings.json"))
+from .load_flags import add_load_flags, load_options_from_args, profile_store
+from .options import GenerationRequest, GenParams
 
 
 def _print_json(value) -> None:
@@ -87,30 +33,29 @@ def _human_size(n: int) -> str:
 def cmd_models(args, paths) -> int:
     from .services.model_service import ModelService
 
-    rows = ModelService(paths).list_models()
+    entries = ModelService(paths).list_models()
     if args.json:
-        _print_json(rows)
+        _print_json([e.to_dict() for e in entries])
         return 0
-    if not rows:
+    if not entries:
         print(f"No models in {paths.models}; run ./start.sh to fetch the sample model.")
-    for r in rows:
-        if "error" in r:
-            print(f"{r['name']}: unreadable: {r['error']}")
+    for e in entries:
+        if e.error:
+            print(f"{e.name}: unreadable: {e.error}")
         else:
-            params = f"{r['parameter_count'] / 1e6:.0f}M params" if r.get("parameter_count") else ""
-            print(f"{r['name']}  {r['format']}  backend={r['backend']}  {_human_size(r['size_bytes'])}  "
-                  f"{r.get('quantization') or ''}  {params}")
+            d = e.detection
+            params = f"{d.parameter_count / 1e6:.0f}M params" if d.parameter_count else ""
+            print(f"{e.name}  {d.format}  backend={e.backend}  {_human_size(d.size_bytes)}  "
+                  f"{d.quantization or ''}  {params}")
     return 0
 
 
 def cmd_inspect(args, paths) -> int:
-    from .detect import detect
+    from .backends.registry import default_registry
 
-    d = detect(args.path, trust_pickle=args.trust_pickle)
-    info = d.to_dict()
-    from .backends.registry import default_backend
-
-    info["backend"] = default_backend(d.format)
+    registry = default_registry()
+    d = registry.detect(args.path, trust_pickle=args.trust_pickle)
+    info = {**d.to_dict(), "backend": registry.default_for(d.format).name}
     if args.json:
         _print_json(info)
     else:
@@ -120,6 +65,8 @@ def cmd_inspect(args, paths) -> int:
 
 
 def cmd_generate(args, paths) -> int:
+    from dataclasses import replace
+
     from .services.model_service import ModelService
 
     params = GenParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
@@ -136,10 +83,11 @@ def cmd_generate(args, paths) -> int:
     if args.adapter:
         from .services.training_service import TrainingService
 
-        path, options.adapter = TrainingService(paths).adapter_of(args.adapter)
+        path, adapter = TrainingService(paths).adapter_of(args.adapter)
+        options = replace(options, adapter=adapter)
     try:
-        info = service.load(service.locate(path), args.loader, options)
-        pieces, stats = [], {}
+        loaded = service.load(service.locate(path), args.loader, options)
+        pieces, stats = [], None
         for kind, value in service.generate(request):
             if kind == "token":
                 pieces.append(value)
@@ -154,20 +102,20 @@ def cmd_generate(args, paths) -> int:
     if args.json:
         _print_json({
             "text": "".join(pieces),
-            "tokens": stats.get("completion_tokens"),
-            "prompt_tokens": stats.get("prompt_tokens"),
-            "finish_reason": stats.get("finish_reason"),
-            "ttft_s": stats.get("ttft_s"),
-            "tokens_per_s": stats.get("tokens_per_s"),
-            "load_s": info.get("load_s"),
-            "peak_rss_mb": memory["peak_rss_bytes"] / 2**20,
-            "backend": info.get("backend"),
-            "device": info.get("device"),
+            "tokens": stats.completion_tokens,
+            "prompt_tokens": stats.prompt_tokens,
+            "finish_reason": stats.finish_reason,
+            "ttft_s": stats.ttft_s,
+            "tokens_per_s": stats.tokens_per_s,
+            "load_s": loaded.load_s,
+            "peak_rss_mb": memory.peak_rss_bytes / 2**20,
+            "backend": loaded.backend,
+            "device": loaded.device,
         })
     else:
         sys.stdout.write("\n")
-        print(f"[{stats.get('completion_tokens')} tokens, {stats.get('tokens_per_s', 0):.1f} tok/s, "
-              f"first token {stats.get('ttft_s', 0) * 1000:.0f} ms, {info.get('backend')}]", file=sys.stderr)
+        print(f"[{stats.completion_tokens} tokens, {stats.tokens_per_s:.1f} tok/s, "
+              f"first token {stats.ttft_s * 1000:.0f} ms, {loaded.backend}]", file=sys.stderr)
     return 0
 
 
@@ -185,25 +133,22 @@ def cmd_plan(args, paths) -> int:
         out["refusal"] = None if plan.fits else refusal(plan)
         _print_json(out)
     else:
-        print(plan_table(plan.to_dict()))
+        print(plan_table(plan))
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
     return 0 if plan.fits else 1
 
 
 def cmd_convert(args, paths) -> int:
-    from . import convert
+    from .jobs import JobSpec, run_in_terminal
 
-    def progress(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
-
+    src, out = os.path.abspath(args.src), os.path.abspath(args.out)
     if args.to == "transformers":
-        out = convert.gguf_to_transformers(args.src, args.out, dtype=args.dtype or "bfloat16", progress=progress)
+        spec = JobSpec("convert_to_transformers", {"src": src, "out": out, "dtype": args.dtype or "bfloat16"})
     else:
-        out = convert.transformers_to_gptq(args.src, args.out, bits=args.bits, group_size=args.group_size,
-                                           calibration_file=args.calibration, progress=progress)
-    print(out)
-    return 0
+        spec = JobSpec("convert_to_gptq", {"src": src, "out": out, "bits": args.bits, "group_size": args.group_size,
+                                           "calibration_file": args.calibration and os.path.abspath(args.calibration)})
+    return run_in_terminal(spec, paths)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_training import add_training_commands
 
-    add_training_commands(sub, add_load_flags)
+    add_training_commands(sub)
     return p
 
 

@@ -14,6 +14,7 @@ are the user's own and are trusted; names are looked up in models/ and datasets/
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, fields
@@ -105,7 +106,9 @@ def cmd_runs(args, paths) -> int:
 
 
 def cmd_eval(args, paths) -> int:
-    from .cli import load_options_from_args
+    from dataclasses import replace
+
+    from .load_flags import load_options_from_args
     from .services.model_service import ModelService
     from .services.training_service import TrainingService
     from .training.dataset import read_text
@@ -114,7 +117,8 @@ def cmd_eval(args, paths) -> int:
     options = load_options_from_args(args, paths)
     path = args.path
     if args.adapter:
-        path, options.adapter = TrainingService(paths).adapter_of(args.adapter)
+        path, adapter = TrainingService(paths).adapter_of(args.adapter)
+        options = replace(options, adapter=adapter)
     service = ModelService(paths)
     try:
         service.load(service.locate(path), args.loader, options)
@@ -135,25 +139,24 @@ def cmd_eval(args, paths) -> int:
 
 
 def cmd_export(args, paths) -> int:
-    from .services.training_service import TrainingService
-    from .training.export import export
-
-    def progress(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
-
+    from .jobs import JobSpec, run_in_terminal
     from .services.model_service import ModelService
+    from .services.training_service import TrainingService
 
     service, adapter, source = TrainingService(paths), None, args.source
     if source in service.names():
         source, adapter = service.adapter_of(source)
     else:
-        source = ModelService(paths).locate(source)
-    print(export(args.to, source, args.out, adapter=adapter, progress=progress, outtype=args.gguf_type,
-                 bits=args.bits, group_size=128, calibration=args.calibration))
-    return 0
+        source = os.path.abspath(ModelService(paths).locate(source))
+    options = {"outtype": args.gguf_type, "bits": args.bits, "group_size": 128,
+               "calibration": args.calibration and os.path.abspath(args.calibration)}
+    return run_in_terminal(JobSpec("export", {"kind": args.to, "source": source, "out": os.path.abspath(args.out),
+                                      "adapter": adapter, **options}), paths)
 
 
-def add_training_commands(sub, add_load_flags) -> None:
+def add_training_commands(sub) -> None:
+    from .load_flags import add_load_flags
+
     t = sub.add_parser("train", help="train a LoRA adapter or a small GPT from scratch")
     t.add_argument("--config", help="run.yaml with TrainConfig keys (flags override it)")
     t.add_argument("--resume", metavar="RUN", help="resume an interrupted or cancelled run from its last checkpoint")

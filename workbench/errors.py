@@ -50,3 +50,11 @@ def brief(e: BaseException, limit: int = 300) -> str:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     text = lines[0] if lines else type(e).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def raise_by_name(name: str, message: str, default: type[WorkbenchError] = GenerationError):
+    """Raise the error class called `name` (from another process) with `message`; `default` for unknown names."""
+    cls = globals().get(name)
+    if not (isinstance(cls, type) and issubclass(cls, WorkbenchError)):
+        cls = default
+    raise cls(message)

@@ -6,6 +6,8 @@ pipe as dicts (`asdict` / `from_dict`), so every field is a plain value.
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 
 from .errors import WorkbenchError
@@ -13,6 +15,8 @@ from .errors import WorkbenchError
 KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 DEVICES = ("auto", "cpu", "cuda")
+MAX_THREADS = 4 * (os.cpu_count() or 1)  # more threads than this only slow an engine down
+MAX_CAP_GIB = 1 << 20                    # a memory cap beyond a PiB is a typing mistake
 
 
 def _from_dict(cls, data: dict, what: str):
@@ -23,32 +27,39 @@ def _from_dict(cls, data: dict, what: str):
     return cls(**data)
 
 
-@dataclass
+def _opt(default, help: str, **kw):
+    """A field with its one-line help (shown by the CLI's --help and as the UI's hint)."""
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass(frozen=True)
 class LoadOptions:
-    n_ctx: int = 4096                 # context size in tokens (prompt + reply); 0 = the largest that fits
-    n_gpu_layers: int | None = None   # llama.cpp layers on the GPU; None = all if a GPU is present, else 0
-    n_batch: int = 512                # llama.cpp prompt-processing batch size
-    n_threads: int | None = None      # CPU threads; None = physical cores
-    use_mmap: bool = True             # llama.cpp: map the file instead of reading it
-    use_mlock: bool = False           # llama.cpp: lock weights in RAM (no swapping)
-    flash_attn: bool = True           # llama.cpp flash attention (about 13% faster decoding on CPU here)
-    cache_type: str = "f16"           # llama.cpp KV cache type: f16, q8_0, q4_0
-    dtype: str = "auto"               # Transformers weights dtype; auto = bf16 on CPU, fp16 on GPU
-    device: str = "auto"              # Transformers/GPTQ device: auto, cpu, cuda
-    max_vram_gib: float | None = None # VRAM cap for Transformers/GPTQ placement
-    max_ram_gib: float | None = None  # RAM cap; what does not fit goes to the offload folder
-    offload_folder: str | None = None # disk offload folder (default: user_data/offload)
-    trust_pickle: bool = False        # allow pickle weights (still loaded with weights_only)
-    adapter: str | None = None        # LoRA adapter folder applied on a Transformers model (a run's adapter/)
-    weight_budget: dict | None = None # set by the planner: weight bytes per device ("cpu", "0") for placement
+    """How to load a model. Frozen: change a copy with `dataclasses.replace`."""
+
+    n_ctx: int = _opt(4096, "context size in tokens (prompt + reply); 0 = the largest that fits")
+    n_gpu_layers: int | None = _opt(None, "layers on the GPU; None = as many as fit, -1 = all, 0 = CPU only")
+    n_batch: int = _opt(512, "tokens per prompt-processing step")
+    n_threads: int | None = _opt(None, "CPU threads; None = one per physical core (fastest)")
+    use_mmap: bool = _opt(True, "map the file instead of reading it")
+    use_mlock: bool = _opt(False, "lock the weights in RAM (no swapping)")
+    flash_attn: bool = _opt(True, "flash attention (about 13% faster decoding on CPU here, smaller buffers)")
+    cache_type: str = _opt("f16", "KV cache type: q8_0/q4_0 halve/quarter the cache (need flash attention)")
+    dtype: str = _opt("auto", "weights dtype; auto = bfloat16 on CPU, float16/bfloat16 on GPU")
+    device: str = _opt("auto", "device: auto, cpu, cuda")
+    max_vram_gib: float | None = _opt(None, "VRAM cap in GiB; None = no cap")
+    max_ram_gib: float | None = _opt(None, "RAM cap in GiB; what does not fit goes to the offload folder")
+    offload_folder: str | None = _opt(None, "disk offload folder (default: user_data/offload)")
+    trust_pickle: bool = _opt(False, "allow pickle weights (still loaded with weights_only)")
+    adapter: str | None = _opt(None, "LoRA adapter folder applied on the model (a run's adapter/)")
+    weight_budget: dict | None = _opt(None, "set by the planner: weight bytes per device for placement")
 
     def validate(self) -> "LoadOptions":
         if self.n_ctx != 0 and self.n_ctx < 16:
             raise WorkbenchError(f"Context size {self.n_ctx} is too small; use at least 16 tokens (or 0 for auto).")
         if self.n_batch < 1:
             raise WorkbenchError("Batch size must be at least 1.")
-        if self.n_threads is not None and self.n_threads < 1:
-            raise WorkbenchError("Threads must be at least 1 (or empty for automatic).")
+        if self.n_threads is not None and not 1 <= self.n_threads <= MAX_THREADS:
+            raise WorkbenchError(f"Threads must be between 1 and {MAX_THREADS} (or empty for one per physical core).")
         if self.cache_type not in KV_CACHE_TYPES:
             raise WorkbenchError(f"KV cache type {self.cache_type!r} is unknown; choose one of {', '.join(KV_CACHE_TYPES)}.")
         if self.dtype not in DTYPES:
@@ -57,8 +68,9 @@ class LoadOptions:
             raise WorkbenchError(f"device {self.device!r} is unknown; choose one of {', '.join(DEVICES)}.")
         for name in ("max_vram_gib", "max_ram_gib"):
             value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise WorkbenchError(f"{name} must be a positive number of GiB (or empty for no cap).")
+            if value is not None and not (math.isfinite(value) and 0 < value <= MAX_CAP_GIB):
+                raise WorkbenchError(f"{name} must be a number of GiB between 0 and {MAX_CAP_GIB:,} "
+                                     "(0 or empty means no cap).")
         return self
 
     def to_dict(self) -> dict:
@@ -81,6 +93,12 @@ class GenParams:
     stop: list[str] = field(default_factory=list)  # strings that end the reply (not included)
 
     def validate(self) -> "GenParams":
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise WorkbenchError(f"{name} must be a finite number.")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise WorkbenchError("seed must be between 0 and 2^63 - 1 (or empty for random).")
         if self.max_tokens < 1:
             raise WorkbenchError("max_tokens must be at least 1.")
         if self.temperature < 0:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 from .detect import GGUF, Detection
 from .errors import WorkbenchError
@@ -21,20 +22,31 @@ from .options import LoadOptions
 
 MiB, GiB = 2**20, 2**30
 KV_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
-# Calibrated on the sample model (see module docstring).
-LLAMA_PROCESS = 46 * MiB          # python + llama_cpp + workbench in the worker
-LLAMA_PER_VOCAB = 500             # tokenizer tables and output buffers, bytes per vocab entry
-LLAMA_COMPUTE_BASE = 5 * MiB      # activations for one micro-batch, without flash attention
-LLAMA_KQ_BYTES = 6.4              # per (context x micro-batch x head) without flash attention
-LLAMA_FLASH_COMPUTE_BASE = 12.5 * MiB  # the same two with flash attention (no full KQ matrix)
-LLAMA_FLASH_KQ_BYTES = 0.32
+# Calibrated on the sample model (see module docstring). Each backend's own process size and
+# kernel constants are on its PlanStrategy (backends/registry.py).
+GGUF_PER_VOCAB = 500             # tokenizer tables and output buffers, bytes per vocab entry
+GGUF_COMPUTE_BASE = 5 * MiB      # activations for one micro-batch, without flash attention
+GGUF_KQ_BYTES = 6.4              # per (context x micro-batch x head) without flash attention
+GGUF_FLASH_COMPUTE_BASE = 12.5 * MiB  # the same two with flash attention (no full KQ matrix)
+GGUF_FLASH_KQ_BYTES = 0.32
 CUDA_CONTEXT = 300 * MiB          # CUDA runtime per GPU
-TORCH_PROCESS = 175 * MiB         # python + torch + transformers in the worker
-GPTQ_PROCESS = 597 * MiB          # the same plus gptqmodel, torchao and its kernels
-GPTQ_CPU_DEQUANT = 1.28           # bytes per quantized parameter: the CPU kernel's dequantized cache
 TORCH_CPU_HALF_COPY = 1.0         # bf16/fp16 matmuls on CPU keep a reordered copy of the weights
 TORCH_ATTN_BYTES = 1.63           # per (context x prompt chunk x head) during chunked prefill
 TORCH_ACT_FACTOR = 16             # activation bytes per (prompt-chunk token x hidden unit)
+
+
+@dataclass(frozen=True)
+class PlanStrategy:
+    """How the planner sizes one backend's loads; each BackendSpec carries one."""
+
+    layout: str                     # "gguf": per-block sizes from the GGUF header, n_gpu_layers split;
+                                    # "torch": parameters x dtype, accelerate placement under the caps
+    runtime: int                    # the worker process itself (python and the engine's libraries)
+    weights_as_stored: bool = False  # quantized: weights take their on-disk size, not parameters x dtype
+    dequant_per_param: float = 0.0   # bytes per quantized parameter the CPU kernel keeps dequantized
+    half_copy: bool = False          # bf16/fp16 matmuls on CPU keep a reordered copy of the weights
+    context_past_model: bool = False  # a context past the model's own is allowed (with a note), not capped
+
 
 
 class PlanRefused(WorkbenchError):
@@ -71,7 +83,7 @@ class DevicePlan:
 class MemoryPlan:
     backend: str
     n_ctx: int
-    n_gpu_layers: int | None      # llama.cpp only
+    n_gpu_layers: int | None      # set where the user splits layers between GPU and CPU (gguf layout)
     n_layers: int
     devices: list[DevicePlan] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -86,12 +98,20 @@ class MemoryPlan:
         return next((d for d in self.devices if d.device == name), None)
 
     def to_dict(self) -> dict:
+        """The plan for the wire and JSON files, with each device's derived totals."""
         d = asdict(self)
         for dev, src in zip(d["devices"], self.devices):
             dev["total"] = src.total
-        dev["model_bytes"] = src.model_bytes
+            dev["model_bytes"] = src.model_bytes
         d["fits"] = self.fits
         return d
+
+    def ram_total(self) -> int:
+        """Predicted resident memory of the worker in RAM."""
+        return sum(d.total for d in self.devices if d.device == "cpu")
+
+    def vram_total(self) -> int:
+        return sum(d.total for d in self.devices if d.device.startswith("cuda"))
 
 
 def gib(n: float) -> str:
@@ -142,19 +162,20 @@ def _ram_cap(options: LoadOptions, hw: Hardware) -> tuple[int, str]:
     return hw.ram_available_bytes, "free"
 
 
-def _plan_llama(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx: int) -> MemoryPlan:
+def _plan_gguf(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx: int, backend: str,
+               strategy: PlanStrategy) -> MemoryPlan:
     n_layers = detection.n_layers
     layer_bytes, embed_bytes, output_bytes = _gguf_layer_bytes(detection)
     kv_layer = _kv_per_token_per_layer(detection, KV_BYTES[options.cache_type]) * n_ctx
     n_ubatch = min(options.n_batch, 512)
-    base, kq = ((LLAMA_FLASH_COMPUTE_BASE, LLAMA_FLASH_KQ_BYTES) if options.flash_attn
-                else (LLAMA_COMPUTE_BASE, LLAMA_KQ_BYTES))
+    base, kq = ((GGUF_FLASH_COMPUTE_BASE, GGUF_FLASH_KQ_BYTES) if options.flash_attn
+                else (GGUF_COMPUTE_BASE, GGUF_KQ_BYTES))
     compute = int(base + kq * n_ctx * n_ubatch * (detection.n_heads or 1))
     cap, source = _ram_cap(options, hw)
-    cpu = DevicePlan("cpu", cap=cap, cap_source=source, runtime=LLAMA_PROCESS)
-    vocab_buffers = LLAMA_PER_VOCAB * (detection.vocab_size or 32000)
+    cpu = DevicePlan("cpu", cap=cap, cap_source=source, runtime=strategy.runtime)
+    vocab_buffers = GGUF_PER_VOCAB * (detection.vocab_size or 32000)
     gpus = _gpu_caps(options, hw)
-    plan = MemoryPlan("llama.cpp", n_ctx, 0, n_layers, devices=[cpu])
+    plan = MemoryPlan(backend, n_ctx, 0, n_layers, devices=[cpu])
 
     def place(n_gpu: int) -> None:
         gpu_layers = min(n_gpu, n_layers)
@@ -195,18 +216,19 @@ def _torch_dtype_bytes(options: LoadOptions) -> int:
     return 4 if options.dtype == "float32" else 2
 
 
-def _plan_torch(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx: int, backend: str) -> MemoryPlan:
+def _plan_torch(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx: int, backend: str,
+                strategy: PlanStrategy) -> MemoryPlan:
     n_layers = detection.n_layers
     elem = _torch_dtype_bytes(options)
     emb = detection.embedding_size or 0
     embed_bytes = (detection.vocab_size or 0) * emb * elem
-    if backend == "gptq":
+    runtime = strategy.runtime
+    quantized_params = 0
+    if strategy.weights_as_stored:
         weights = detection.size_bytes
-        runtime = GPTQ_PROCESS
         quantized_params = max((detection.parameter_count or 0) - (detection.vocab_size or 0) * emb, 0)
     else:
         weights = (detection.parameter_count or detection.size_bytes // elem) * elem
-        runtime = TORCH_PROCESS
     layer_bytes = max(weights - embed_bytes, 0) // n_layers
     kv_layer = _kv_per_token_per_layer(detection, elem) * n_ctx
     chunk = min(options.n_batch, n_ctx)
@@ -219,7 +241,7 @@ def _plan_torch(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx:
         g.runtime = CUDA_CONTEXT
     devices = gpus + [cpu]
     # bf16/fp16 matmuls on the CPU keep a reordered copy of each weight they touch.
-    copy = TORCH_CPU_HALF_COPY if backend != "gptq" and elem == 2 else 0.0
+    copy = TORCH_CPU_HALF_COPY if strategy.half_copy and elem == 2 else 0.0
     first = devices[0]  # runs the embedding, the head, and every offloaded layer
     first.weights, first.compute = embed_bytes, compute
     if first is cpu:
@@ -239,8 +261,7 @@ def _plan_torch(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx:
         dev.weights += take * layer_bytes
         if dev is cpu:
             dev.compute += int(copy * take * layer_bytes)
-            if backend == "gptq":
-                dev.compute += int(GPTQ_CPU_DEQUANT * quantized_params * take / n_layers)
+            dev.compute += int(strategy.dequant_per_param * quantized_params * take / n_layers)
         remaining -= take
     plan = MemoryPlan(backend, n_ctx, None, n_layers, devices=devices)
     if remaining:
@@ -273,19 +294,25 @@ def _largest_fitting(build, lo: int, hi: int) -> int | None:
     return best
 
 
-def make_plan(detection: Detection, backend: str, options: LoadOptions, hw: Hardware) -> MemoryPlan:
+class PlannedBackend(Protocol):
+    """What the planner needs of a backend (a BackendSpec has both)."""
+
+    name: str
+    planner: PlanStrategy
+
+
+def make_plan(detection: Detection, backend: PlannedBackend, options: LoadOptions, hw: Hardware) -> MemoryPlan:
     """The memory plan for loading `detection` with `backend` and `options` on `hw`.
 
     With `options.n_ctx == 0` (auto) it plans the largest context that fits, up to the model's own.
     """
     _geometry_check(detection)
+    strategy = backend.planner
     model_max = detection.context_length or 4096
+    layout = _plan_gguf if strategy.layout == "gguf" and detection.format == GGUF else _plan_torch
 
     def build(ctx: int) -> MemoryPlan:
-        if backend == "llama.cpp" and detection.format == GGUF:
-            p = _plan_llama(detection, options, hw, ctx)
-        else:
-            p = _plan_torch(detection, options, hw, ctx, backend)
+        p = layout(detection, options, hw, ctx, backend.name, strategy)
         _check(p)
         return p
 
@@ -295,7 +322,7 @@ def make_plan(detection: Detection, backend: str, options: LoadOptions, hw: Hard
         plan.notes.append(f"Auto context: {plan.n_ctx} tokens" + (" (the model's maximum)." if chosen == model_max
                                                                    else ", the largest that fits."))
         return plan
-    n_ctx = min(options.n_ctx, model_max) if backend != "llama.cpp" else options.n_ctx
+    n_ctx = options.n_ctx if strategy.context_past_model else min(options.n_ctx, model_max)
     plan = build(n_ctx)
     if not plan.fits:
         plan.max_n_ctx = _largest_fitting(build, 256, n_ctx - 1)
@@ -313,7 +340,7 @@ def refusal(plan: MemoryPlan) -> str:
     fixes = []
     if plan.max_n_ctx:
         fixes.append(f"lower context to {plan.max_n_ctx}")
-    if plan.backend == "llama.cpp" and any(d.device.startswith("cuda") and not d.fits for d in plan.devices):
+    if plan.n_gpu_layers is not None and any(d.device.startswith("cuda") and not d.fits for d in plan.devices):
         fixes.append("use fewer GPU layers")
     fixes.append("raise the cap" if any(d.cap_source == "cap" and not d.fits for d in plan.devices)
                  else "free memory or pick a smaller model")
@@ -326,17 +353,16 @@ def check_plan(plan: MemoryPlan) -> None:
         raise PlanRefused(refusal(plan))
 
 
-def plan_table(plan: dict) -> str:
+def plan_table(plan: MemoryPlan) -> str:
     """A plan as a small text table, one row per device."""
-    mib = 2**20
-    lines = [f"{plan['backend']}, context {plan['n_ctx']}"
-             + (f", n_gpu_layers {plan['n_gpu_layers']}" if plan.get("n_gpu_layers") is not None else "")]
+    lines = [f"{plan.backend}, context {plan.n_ctx}"
+             + (f", n_gpu_layers {plan.n_gpu_layers}" if plan.n_gpu_layers is not None else "")]
     lines.append(f"{'device':8} {'layers':>6} {'weights':>9} {'KV cache':>9} {'compute':>9} {'runtime':>9} "
                  f"{'total':>9} {'cap':>9}")
-    for d in plan["devices"]:
-        cap = f"{d['cap'] / mib:.0f} MiB" if d["cap"] else "-"
-        lines.append(f"{d['device']:8} {d['layers']:>6} {d['weights'] / mib:>5.0f} MiB {d['kv_cache'] / mib:>5.0f} MiB "
-                     f"{d['compute'] / mib:>5.0f} MiB {d['runtime'] / mib:>5.0f} MiB {d['total'] / mib:>5.0f} MiB {cap:>9}")
-    lines += plan["notes"]
-    lines.append("fits" if plan["fits"] else "DOES NOT FIT: " + "; ".join(plan["problems"]))
+    for d in plan.devices:
+        cap = f"{d.cap / MiB:.0f} MiB" if d.cap else "-"
+        lines.append(f"{d.device:8} {d.layers:>6} {d.weights / MiB:>5.0f} MiB {d.kv_cache / MiB:>5.0f} MiB "
+                     f"{d.compute / MiB:>5.0f} MiB {d.runtime / MiB:>5.0f} MiB {d.total / MiB:>5.0f} MiB {cap:>9}")
+    lines += plan.notes
+    lines.append("fits" if plan.fits else "DOES NOT FIT: " + "; ".join(plan.problems))
     return "\n".join(lines)

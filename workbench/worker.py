@@ -5,10 +5,11 @@ tiny message protocol with it. Why a process: a native crash in a model parser c
 kill the app, unloading returns every byte (the process ends), a generation can be
 cancelled, and the model's memory can be measured on its own.
 
-Messages, parent -> child: ("load", backend, detection, options), ("generate", request),
+Messages, parent -> child: ("load", engine, detection, options) where `engine` names the
+backend class by dotted path (so a backend registered at run time loads too), ("generate", request),
 ("tokenize", text), ("memory",), ("score", text, window), ("shutdown",).
 "score" (perplexity) is answered by ("progress", done, total) messages, then ("ok", result).
-Child -> parent: ("ok", value), ("token", text), ("done", stats),
+Child -> parent: ("ok", value), ("token", text), ("done", GenerationStats as a dict),
 ("error", error_class_name, message).
 Cancel is a shared Event the child checks after every token, so it needs no pipe round trip.
 """
@@ -20,13 +21,16 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
-from . import errors
 from .backends.base import DoneEvent
 from .detect import Detection
-from .errors import WorkbenchError, WorkerDied, brief
+from .errors import WorkbenchError, WorkerDied, brief, raise_by_name
+from .model_values import GenerationStats, WorkerMemory
 from .options import GenerationRequest, LoadOptions
+
+if TYPE_CHECKING:
+    from .backends.registry import BackendSpec
 
 _CTX = mp.get_context("spawn")
 STREAM_COALESCE_S = 0.05  # at most ~20 sends a second: smooth to read, light on a small machine
@@ -91,17 +95,16 @@ def _stream(conn, backend, n_ctx: int, request: GenerationRequest, cancel_event)
             if pending:
                 conn.send(("token", "".join(pending)))
             decode_s = now - first if first is not None else 0.0
-            conn.send(("done", {
-                "finish_reason": event.finish_reason,
-                "prompt_tokens": event.prompt_tokens,
-                "completion_tokens": event.completion_tokens,
-                "cached_tokens": event.cached_tokens,
-                "dropped_messages": dropped,
-                "ttft_s": (first - started) if first is not None else now - started,
-                "total_s": now - started,
-                # tokens after the first, over the time after the first
-                "tokens_per_s": (event.completion_tokens - 1) / decode_s if decode_s > 0 else 0.0,
-            }))
+            conn.send(("done", GenerationStats(
+                finish_reason=event.finish_reason,
+                prompt_tokens=event.prompt_tokens,
+                completion_tokens=event.completion_tokens,
+                cached_tokens=event.cached_tokens,
+                dropped_messages=dropped,
+                ttft_s=(first - started) if first is not None else now - started,
+                total_s=now - started,
+                tokens_per_s=(event.completion_tokens - 1) / decode_s if decode_s > 0 else 0.0,
+            ).to_dict()))
             return
         if first is None:
             first = now
@@ -132,9 +135,9 @@ def _worker_main(conn, cancel_event, log_path: str | None) -> None:
             if kind == "shutdown":
                 break
             if kind == "load":
-                _, backend_name, detection, options = msg
+                _, engine, detection, options = msg
                 started = time.perf_counter()
-                backend = load_backend_class(backend_name)()
+                backend = load_backend_class(engine["class_path"], tuple(engine["requires"]), engine["install_hint"])()
                 info = backend.load(Detection(**{**detection, "weight_files": tuple(detection["weight_files"])}),
                                     LoadOptions.from_dict(options))
                 result = info.to_dict()
@@ -170,13 +173,6 @@ def _worker_main(conn, cancel_event, log_path: str | None) -> None:
     if backend is not None:
         backend.unload()
     conn.close()
-
-
-def _raise_from_worker(name: str, message: str):
-    cls = getattr(errors, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, WorkbenchError)):
-        cls = errors.GenerationError
-    raise cls(message)
 
 
 STOP_POLL_S = 0.05  # how often a waiting reader checks its own stop request
@@ -254,19 +250,21 @@ class ModelWorker:
             self._send(msg)
             reply = self._recv()
         if reply[0] == "error":
-            _raise_from_worker(reply[1], reply[2])
+            raise_by_name(reply[1], reply[2])
         return reply[1]
 
-    def load(self, backend: str, detection: Detection, options: LoadOptions) -> dict:
+    def load(self, spec: BackendSpec, detection: Detection, options: LoadOptions) -> dict:
+        """Load in the child; returns the engine's ModelInfo as a dict plus `load_s` and `memory`."""
         d = detection.__dict__.copy()
         d["weight_files"] = list(d["weight_files"])
-        return self._call(("load", backend, d, options.to_dict()))
+        engine = {"class_path": spec.class_path, "requires": list(spec.requires), "install_hint": spec.install_hint}
+        return self._call(("load", engine, d, options.to_dict()))
 
     def tokenize(self, text: str) -> list[int]:
         return self._call(("tokenize", text))
 
-    def memory(self) -> dict:
-        return self._call(("memory",))
+    def memory(self) -> WorkerMemory:
+        return WorkerMemory(**self._call(("memory",)))
 
     def perplexity(self, text: str, window: int, on_progress: Callable[[int, int], None] | None = None) -> dict:
         """Perplexity of `text` (see backends/perplexity.py); `on_progress(done, total)` per window."""
@@ -279,19 +277,19 @@ class ModelWorker:
                         on_progress(reply[1], reply[2])
                     continue
                 if reply[0] == "error":
-                    _raise_from_worker(reply[1], reply[2])
+                    raise_by_name(reply[1], reply[2])
                 return reply[1]
 
-    def generate(self, request: GenerationRequest, stop: threading.Event | None = None) -> Iterator[tuple[str, object]]:
-        """Yield ("token", text) as text comes (a token, or a few when they come fast), then ("done", stats).
+    def generate(self, request: GenerationRequest,
+                 stop: threading.Event | None = None) -> Iterator[tuple[str, str | GenerationStats]]:
+        """Yield ("token", text) as text comes (a token, or a few when they come fast), then ("done", GenerationStats).
 
         `stop`, when set, ends this generation only (not one that runs for another caller):
         one still waiting for the worker ends without starting.
         """
         with self._lock:
             if stop is not None and stop.is_set():
-                yield "done", {"finish_reason": "cancelled", "prompt_tokens": 0, "completion_tokens": 0,
-                               "cached_tokens": 0, "dropped_messages": 0, "ttft_s": 0.0, "tokens_per_s": 0.0}
+                yield "done", GenerationStats.cancelled_before_start()
                 return
             self._send(("generate", request.to_dict()))
             finished = False
@@ -307,11 +305,11 @@ class ModelWorker:
                         yield reply
                     elif reply[0] == "done":
                         finished = True
-                        yield reply
+                        yield "done", GenerationStats.from_dict(reply[1])
                         return
                     else:
                         finished = True
-                        _raise_from_worker(reply[1], reply[2])
+                        raise_by_name(reply[1], reply[2])
             finally:
                 if not finished and self.alive():
                     # The consumer stopped early: cancel and drain so the pipe stays in step.

@@ -14,6 +14,8 @@ import time
 import psutil
 import pytest
 
+pytestmark = [pytest.mark.model, pytest.mark.slow]
+
 from tests.conftest import CAPITAL_QUESTION
 from workbench.errors import WorkbenchError, WorkerDied
 from workbench.options import GenerationRequest, GenParams, LoadOptions
@@ -45,18 +47,18 @@ def ask(service, messages, **params) -> dict:
 
 def test_load_reports_backend_and_context(loaded):
     service, info, path, backend = loaded
-    assert info["backend"] == backend
-    assert info["n_ctx"] == 2048
-    assert info["memory"]["rss_bytes"] > 50 * 2**20  # the worker really holds weights
-    assert service.status()["loaded"] is True
+    assert info.backend == backend
+    assert info.n_ctx == 2048
+    assert info.memory.rss_bytes > 50 * 2**20  # the worker really holds weights
+    assert service.status().loaded is not None
 
 
 def test_greedy_answer_names_paris(loaded):
     service, *_ = loaded
     result = ask(service, CAPITAL_QUESTION, temperature=0, max_tokens=24)
-    assert "Paris" in result["text"]
-    assert result["finish_reason"] == "stop"
-    assert result["prompt_tokens"] > 10
+    assert "Paris" in result.text
+    assert result.stats.finish_reason == "stop"
+    assert result.stats.prompt_tokens > 10
 
 
 def test_tokens_stream_as_they_are_made(loaded):
@@ -64,26 +66,26 @@ def test_tokens_stream_as_they_are_made(loaded):
     request = GenerationRequest(messages=STORY, params=GenParams(temperature=0, max_tokens=40))
     timed = [(time.perf_counter(), kind, value) for kind, value in service.generate(request)]
     pieces = [v for _, k, v in timed if k == "token"]
-    assert timed[-1][1] == "done" and timed[-1][2]["completion_tokens"] == 40
+    assert timed[-1][1] == "done" and timed[-1][2].completion_tokens == 40
     # text arrives in pieces while the model works (pieces made within 50 ms of each other travel together)
     assert len(pieces) >= 2
     assert timed[0][0] < timed[-1][0] - 0.05
-    assert "".join(pieces) == service.complete(request)["text"]
+    assert "".join(pieces) == service.complete(request).text
 
 
 def test_stop_string_ends_reply_before_it(loaded):
     service, *_ = loaded
     result = ask(service, CAPITAL_QUESTION, temperature=0, max_tokens=24, stop=["Paris"])
-    assert "Paris" not in result["text"]
-    assert result["text"].strip()  # what came before the stop string is kept
-    assert result["finish_reason"] == "stop"
+    assert "Paris" not in result.text
+    assert result.text.strip()  # what came before the stop string is kept
+    assert result.stats.finish_reason == "stop"
 
 
 def test_max_tokens_is_respected(loaded):
     service, *_ = loaded
     result = ask(service, STORY, temperature=0, max_tokens=5)
-    assert result["completion_tokens"] == 5
-    assert result["finish_reason"] == "length"
+    assert result.stats.completion_tokens == 5
+    assert result.stats.finish_reason == "length"
 
 
 def test_same_seed_gives_same_text_and_greedy_is_repeatable(loaded):
@@ -120,7 +122,7 @@ def test_killed_worker_gives_clear_error_and_reload_works(loaded):
     time.sleep(0.2)
     with pytest.raises(WorkerDied, match="load the model again"):
         ask(service, CAPITAL_QUESTION, temperature=0, max_tokens=4)
-    assert service.status()["loaded"] is False
+    assert service.status().loaded is None
     service.load(path, options=LoadOptions(n_ctx=2048))
     assert "Paris" in ask(service, CAPITAL_QUESTION, temperature=0, max_tokens=24)["text"]
 
@@ -131,7 +133,7 @@ def test_unload_ends_the_worker_process(loaded):
     assert psutil.pid_exists(pid)
     service.unload()
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    assert service.status() == {"loaded": False}
+    assert service.status().loaded is None
     service.load(path, options=LoadOptions(n_ctx=2048))  # leave it loaded for the fixture's teardown
 
 
@@ -141,8 +143,8 @@ def test_autogptq_layout_loads_without_renaming(sample_autogptq, tmp_path):
     service = ModelService(Paths(str(tmp_path)))
     try:
         info = service.load(sample_autogptq, options=LoadOptions(n_ctx=1024))
-        assert info["backend"] == "gptq"
-        assert "quantize_config.json" in info["detection"]["evidence"]
+        assert info.backend == "gptq"
+        assert "quantize_config.json" in info.detection.evidence
         assert "Paris" in ask(service, CAPITAL_QUESTION, temperature=0, max_tokens=24)["text"]
     finally:
         service.close()

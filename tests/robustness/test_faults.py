@@ -128,7 +128,7 @@ def test_model_file_removed_while_loaded(sample_gguf, tmp_path):
         os.remove(os.path.join(paths.models, "doomed.gguf"))
         request = GenerationRequest(messages=CAPITAL_QUESTION, params=GenParams(temperature=0, max_tokens=24))
         try:
-            assert "Paris" in service.complete(request)["text"]  # the open file lives on until it is closed
+            assert "Paris" in service.complete(request).text  # the open file lives on until it is closed
         except WorkbenchError as e:
             assert_one_sentence(str(e))
         with pytest.raises(PathOutsideModels, match="There is no model 'doomed.gguf'"):
@@ -157,10 +157,10 @@ def test_worker_killed_mid_reply_in_the_chat_service(sample_gguf, tmp_path):
         assert "load the model again" in assert_one_sentence(str(e.value))
         saved = chat.conversations.get(conv.id)  # the partial reply was kept
         assert saved.messages[-1]["role"] == "assistant" and saved.messages[-1]["content"].startswith(first.text)
-        assert models.status()["loaded"] is False
+        assert models.status().loaded is None
         models.load(sample_gguf, options=LoadOptions(n_ctx=1024))
         *_, last = chat.send(conv, "What is the capital of France?", GenParams(temperature=0, max_tokens=24))
-        assert last.stats["finish_reason"] in ("stop", "length")
+        assert last.stats.finish_reason in ("stop", "length")
     finally:
         models.close()
 

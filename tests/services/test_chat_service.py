@@ -31,19 +31,19 @@ def last(chunks):
 def test_reply_is_saved_with_the_question_and_the_cache_is_reused(chat):
     conv = chat.conversations.new("You are a helpful assistant.")
     first = last(chat.send(conv, "What is the capital of France?", GREEDY))
-    assert "Paris" in first.text and first.stats["finish_reason"] == "stop"
+    assert "Paris" in first.text and first.stats.finish_reason == "stop"
     saved = chat.conversations.get(conv.id)
     assert [m["role"] for m in saved.messages] == ["user", "assistant"] and "Paris" in saved.messages[1]["content"]
     second = last(chat.send(conv, "And what is the capital of Germany?", GREEDY))
     assert "Berlin" in second.text
-    assert second.stats["cached_tokens"] >= first.stats["prompt_tokens"]  # turn 1 was not computed again
+    assert second.stats.cached_tokens >= first.stats.prompt_tokens  # turn 1 was not computed again
     assert len(chat.conversations.get(conv.id).messages) == 4
 
 
 def test_regenerate_replaces_and_continue_extends(chat):
     conv = chat.conversations.new("You are a helpful assistant.")
     short = last(chat.send(conv, "Write a long story about a cat.", GenParams(temperature=0, max_tokens=6)))
-    assert short.stats["finish_reason"] == "length"
+    assert short.stats.finish_reason == "length"
     longer = last(chat.continue_reply(conv, GenParams(temperature=0, max_tokens=6)))
     assert longer.text.startswith(short.text) and len(longer.text) > len(short.text)
     again = last(chat.regenerate(conv, GenParams(temperature=0, max_tokens=6)))
@@ -58,8 +58,8 @@ def test_overflowing_conversation_drops_oldest_turns_keeps_system_prompt(chat):
                           {"role": "assistant", "content": "Noted. " * 20}]
     chat.conversations.save(conv)
     final = last(chat.send(conv, "What color?", GenParams(temperature=0, max_tokens=16)))
-    assert final.stats["dropped_messages"] >= 2 and final.stats["prompt_tokens"] + 16 <= 512
-    assert "outgrew the context" in format_stats(final.stats)
+    assert final.stats.dropped_messages >= 2 and final.stats.prompt_tokens + 16 <= 512
+    assert "outgrew the context" in format_stats(final.stats, final.context)
     assert len(chat.conversations.get(conv.id).messages) == 14  # nothing dropped from the saved chat
 
 
@@ -103,12 +103,12 @@ def test_stop_ends_only_the_reply_of_the_session_that_asked(chat):
     chat.stop("tab-unknown")  # a tab with nothing running: nothing happens
     second.join(60)
     first.join(120)
-    assert results["tab-b"].stats["finish_reason"] == "cancelled"
-    assert results["tab-a"].stats["finish_reason"] in ("length", "stop")
-    assert results["tab-a"].stats["completion_tokens"] > 20
+    assert results["tab-b"].stats.finish_reason == "cancelled"
+    assert results["tab-a"].stats.finish_reason in ("length", "stop")
+    assert results["tab-a"].stats.completion_tokens > 20
 
     conv = chat.conversations.new("You are a helpful assistant.")
     chunks = chat.send(conv, "Write a long story about a dragon.", long, "tab-a")
     next(chunks)
     chat.stop("tab-a")
-    assert last(chunks).stats["finish_reason"] == "cancelled"
+    assert last(chunks).stats.finish_reason == "cancelled"

@@ -48,7 +48,7 @@ def service(root):
 def greedy(models: ModelService, path: str, options: LoadOptions, loader: str | None = None) -> str:
     models.load(path, loader, options)
     request = GenerationRequest(prompt=PROMPT, params=GenParams(temperature=0, max_tokens=12))
-    return models.complete(request)["text"]
+    return models.complete(request).text
 
 
 def scratch_config(name: str, **changes) -> TrainConfig:
@@ -113,7 +113,7 @@ def test_lora_on_a_gptq_model_trains_and_loads_with_its_adapter(service, root, s
     models = ModelService(Paths(str(root)))
     try:
         assert greedy(models, base, LoadOptions(n_ctx=512, adapter=adapter)).strip()
-        assert models.status()["backend"] == "gptq"
+        assert models.status().loaded.backend == "gptq"
     finally:
         models.close()
     result = run_cli("export", "gptq-lora", "--to", "gguf", str(root / "models" / "nope.gguf"),
@@ -135,8 +135,8 @@ def test_scratch_gpt_trains_loads_and_generates(service, root):
                                                    params=GenParams(temperature=0, max_tokens=16)))
     finally:
         models.close()
-    assert info["backend"] == "transformers"
-    assert result["completion_tokens"] > 0
+    assert info.backend == "transformers"
+    assert result.stats.completion_tokens > 0
 
 
 def test_a_killed_run_is_listed_and_resumes_from_its_checkpoint(service):
@@ -234,7 +234,7 @@ def test_exports_load_and_answer(lora_run, root):
     try:
         from_merged = greedy(models, str(merged), LoadOptions(n_ctx=512))
         from_gguf = greedy(models, str(gguf), LoadOptions(n_ctx=512))
-        assert models.status()["backend"] == "llama.cpp"
+        assert models.status().loaded.backend == "llama.cpp"
     finally:
         models.close()
     assert from_merged.strip() and from_gguf.strip()

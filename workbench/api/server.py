@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from ..errors import NoModelLoaded, WorkbenchError, WorkerDied
+from ..model_values import GenerationStats
 from ..options import GenerationRequest
 from ..services.model_service import ModelService
 from .schema import ApiError, parse_chat_request, parse_completion_request
@@ -128,21 +129,29 @@ def build_api(models: ModelService, api_key: str | None = None, cors_origins: li
                 media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         watcher = asyncio.ensure_future(_stop_on_disconnect(request, stop))
         try:
-            result = await run_in_threadpool(models.complete, gen, stop)
+            completion = await run_in_threadpool(models.complete, gen, stop)
         finally:
             watcher.cancel()
-        usage = {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"],
-                 "total_tokens": result["prompt_tokens"] + result["completion_tokens"]}
-        finish = "stop" if result["finish_reason"] in ("stop", "cancelled") else "length"
+        text, stats = completion.text, completion.stats
         if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": result["text"]}, "finish_reason": finish}
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": _finish(stats)}
             obj = "chat.completion"
         else:
-            choice = {"index": 0, "text": result["text"], "logprobs": None, "finish_reason": finish}
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": _finish(stats)}
             obj = "text_completion"
-        return {"id": rid, "object": obj, "created": created, "model": name, "choices": [choice], "usage": usage}
+        return {"id": rid, "object": obj, "created": created, "model": name, "choices": [choice],
+                "usage": _usage(stats)}
 
     return app
+
+
+def _finish(stats: GenerationStats) -> str:
+    return "stop" if stats.finish_reason in ("stop", "cancelled") else "length"
+
+
+def _usage(stats: GenerationStats) -> dict:
+    return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
+            "total_tokens": stats.prompt_tokens + stats.completion_tokens}
 
 
 DISCONNECT_POLL_S = 0.25
@@ -205,13 +214,10 @@ def _sse(first, events: Iterator, rid: str, created: int, model: str, chat: bool
                 if value:
                     yield chunk(value, None)
             else:
-                finish = "stop" if value["finish_reason"] in ("stop", "cancelled") else "length"
-                yield chunk(None, finish)
+                yield chunk(None, _finish(value))
                 if include_usage:
-                    usage = {"prompt_tokens": value["prompt_tokens"], "completion_tokens": value["completion_tokens"],
-                             "total_tokens": value["prompt_tokens"] + value["completion_tokens"]}
                     yield "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": model,
-                                                 "choices": [], "usage": usage}) + "\n\n"
+                                                 "choices": [], "usage": _usage(value)}) + "\n\n"
             event = next(events, None)
     except WorkbenchError as e:
         yield "data: " + json.dumps({"error": {"message": str(e), "type": "server_error", "param": None,

@@ -1,69 +1,120 @@
-"""Maps a detected format to the backend that runs it.
+"""Which backends exist, what each can do, and which one runs a given model.
 
-One backend = one module + one `BACKENDS` entry. Classes are named by dotted path
-and imported on first use (inside the worker), so the UI process never imports an
-engine. A user's explicit loader choice wins over detection; an impossible choice
-gets an error that lists the valid ones.
+A backend is its `BackendSpec`: the formats it loads, its capabilities, the load options
+that apply to it, how the planner sizes it and its display name. `plan.py`, the CLI and
+the tabs ask the spec and never compare backend names. One backend = one module + one
+`register_backend` line; the engine class is named by dotted path and imported on first
+use (inside the worker, which gets the path in its load message), so the UI process never
+imports an engine, and a backend registered at run time (tests, plugins) works in a
+worker too.
+
+A `Registry` is a plain object that each app, CLI run or test builds (`default_registry()`:
+the built-in backends plus plugins named in $WORKBENCH_BACKENDS) and hands to the services;
+nothing is registered globally. A user's explicit loader choice wins over detection; an
+impossible choice gets an error that lists the valid ones.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from dataclasses import dataclass
 
-from ..detect import GGUF, GPTQ, TRANSFORMERS, Detection
+from ..detect import GGUF, GPTQ, TRANSFORMERS, Detection, detect as detect_files
 from ..errors import BackendUnavailable, WorkbenchError
+from ..plan import MiB, PlanStrategy
+
+# Load options that apply to every backend (the rest are listed per spec).
+COMMON_OPTIONS = frozenset({"n_ctx", "n_threads", "max_ram_gib", "adapter", "weight_budget"})
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    can_stream: bool = True
+    can_train: bool = False             # LoRA training runs on models this backend loads
+    supports_n_gpu_layers: bool = False  # the user picks how many layers go to the GPU
+    supports_memory_caps: bool = False   # RAM/VRAM caps are kept (placement or context)
+    can_score: bool = True               # perplexity of a text (the engine returns logits)
 
 
 @dataclass(frozen=True)
 class BackendSpec:
-    name: str
+    name: str                   # the loader name users type (--loader, the Model tab's radio)
+    display_name: str           # how the UI and messages name it
     class_path: str             # "module:Class", imported lazily
     formats: tuple[str, ...]    # formats it can load; the first backend listing a format is its default
     requires: tuple[str, ...]   # importable modules the engine needs
     install_hint: str           # what to do when they are missing
+    capabilities: Capabilities = Capabilities()
+    load_options: frozenset[str] = COMMON_OPTIONS  # LoadOptions fields that mean something here
+    planner: PlanStrategy = PlanStrategy("torch", 175 * MiB)
+    sniff: str | None = None    # "module:function(path) -> Detection | None" for formats detect.py does not know
+
+    def uses(self, option: str) -> bool:
+        """Whether the load option `option` (a LoadOptions field name) applies to this backend."""
+        return option in self.load_options
 
 
-BACKENDS: dict[str, BackendSpec] = {
-    spec.name: spec
-    for spec in (
-        BackendSpec(
-            "llama.cpp", "workbench.backends.llama_cpp_backend:LlamaCppBackend", (GGUF,),
-            ("llama_cpp",), "GGUF models need llama-cpp-python: run ./start.sh",
-        ),
-        BackendSpec(
-            "transformers", "workbench.backends.transformers_backend:TransformersBackend", (TRANSFORMERS, GGUF),
-            ("torch", "transformers"), "Transformers models need torch and transformers: run ./start.sh",
-        ),
-        BackendSpec(
-            "gptq", "workbench.backends.gptq_backend:GPTQBackend", (GPTQ,),
-            ("torch", "transformers", "gptqmodel"), "GPTQ models need GPTQModel: run ./start.sh",
-        ),
-    )
-}
+class Registry:
+    """The registered backends, in registration order (which decides each format's default)."""
+
+    def __init__(self, specs: tuple[BackendSpec, ...] = ()):
+        self._specs: dict[str, BackendSpec] = {}
+        for spec in specs:
+            self.register(spec)
+
+    def register(self, spec: BackendSpec) -> BackendSpec:
+        """Add a backend; a second backend with the same name is refused."""
+        if spec.name in self._specs:
+            raise WorkbenchError(f"A backend named {spec.name!r} is already registered.")
+        self._specs[spec.name] = spec
+        return spec
+
+    def unregister(self, name: str) -> None:
+        self._specs.pop(name, None)
+
+    def names(self) -> list[str]:
+        return list(self._specs)
+
+    def get(self, name: str) -> BackendSpec:
+        spec = self._specs.get(name)
+        if spec is None:
+            raise WorkbenchError(f"Unknown loader {name!r}; choose one of auto, {', '.join(self._specs)}.")
+        return spec
+
+    def default_for(self, fmt: str) -> BackendSpec:
+        for spec in self._specs.values():
+            if spec.formats[0] == fmt:
+                return spec
+        raise WorkbenchError(f"No backend loads the {fmt!r} format.")
+
+    def choose(self, detection: Detection, loader: str | None = None) -> BackendSpec:
+        """The backend for `detection`: the user's `loader` if it can load this format, else the default."""
+        if loader in (None, "", "auto"):
+            return self.default_for(detection.format)
+        spec = self.get(loader)
+        if detection.format not in spec.formats:
+            able = [s.name for s in self._specs.values() if detection.format in s.formats]
+            raise WorkbenchError(
+                f"The {loader} loader cannot load a {detection.format} model; use {' or '.join(able)} (or auto)."
+            )
+        return spec
+
+    def detect(self, path: str, trust_pickle: bool = False) -> Detection:
+        """What is at `path`: a registered backend's own format (its `sniff`), else detect.py's formats."""
+        if os.path.isfile(path):
+            for spec in self._specs.values():
+                if spec.sniff:
+                    found = _import(spec.sniff)(path)
+                    if found is not None:
+                        return found
+        return detect_files(path, trust_pickle=trust_pickle)
 
 
-def default_backend(fmt: str) -> str:
-    for spec in BACKENDS.values():
-        if spec.formats[0] == fmt:
-            return spec.name
-    raise WorkbenchError(f"No backend loads the {fmt!r} format.")
-
-
-def choose(detection: Detection, loader: str | None = None) -> BackendSpec:
-    """The backend for `detection`: the user's `loader` if it can load this format, else the default."""
-    if loader in (None, "", "auto"):
-        return BACKENDS[default_backend(detection.format)]
-    spec = BACKENDS.get(loader)
-    if spec is None:
-        raise WorkbenchError(f"Unknown loader {loader!r}; choose one of auto, {', '.join(BACKENDS)}.")
-    if detection.format not in spec.formats:
-        able = [s.name for s in BACKENDS.values() if detection.format in s.formats]
-        raise WorkbenchError(
-            f"The {loader} loader cannot load a {detection.format} model; use {' or '.join(able)} (or auto)."
-        )
-    return spec
+def _import(dotted: str):
+    module_name, attr = dotted.split(":")
+    return getattr(importlib.import_module(module_name), attr)
 
 
 def check_installed(spec: BackendSpec) -> None:
@@ -73,9 +124,57 @@ def check_installed(spec: BackendSpec) -> None:
         raise BackendUnavailable(f"{spec.install_hint} (missing: {', '.join(missing)}).")
 
 
-def load_backend_class(name: str):
-    """Import and return the backend class registered as `name`."""
-    spec = BACKENDS[name]
-    check_installed(spec)
-    module_name, class_name = spec.class_path.split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+def load_backend_class(class_path: str, requires: tuple[str, ...] = (), install_hint: str = ""):
+    """Import and return the backend class at `class_path` ("module:Class")."""
+    missing = [m for m in requires if importlib.util.find_spec(m) is None]
+    if missing:
+        raise BackendUnavailable(f"{install_hint} (missing: {', '.join(missing)}).")
+    return _import(class_path)
+
+
+# Process sizes and kernel constants measured on the sample model (bench/bench_plan.py re-measures them).
+LLAMA_PLAN = PlanStrategy("gguf", runtime=46 * MiB, context_past_model=True)
+TRANSFORMERS_PLAN = PlanStrategy("torch", runtime=175 * MiB, half_copy=True)
+# GPTQModel, torchao and their kernels on top of torch; the CPU kernel keeps 1.28 bytes per
+# quantized parameter dequantized.
+GPTQ_PLAN = PlanStrategy("torch", runtime=597 * MiB, weights_as_stored=True, dequant_per_param=1.28)
+
+_LLAMA_OPTIONS = frozenset({"n_gpu_layers", "n_batch", "use_mmap", "use_mlock", "flash_attn", "cache_type"})
+_TORCH_OPTIONS = frozenset({"n_batch", "dtype", "device", "max_vram_gib", "offload_folder"})
+
+BUILTIN = (
+    BackendSpec(
+        "llama.cpp", "llama.cpp", "workbench.backends.llama_cpp_backend:LlamaCppBackend", (GGUF,),
+        ("llama_cpp",), "GGUF models need llama-cpp-python: run ./start.sh",
+        Capabilities(supports_n_gpu_layers=True, supports_memory_caps=True),
+        (COMMON_OPTIONS | _LLAMA_OPTIONS) - {"adapter"}, LLAMA_PLAN,
+    ),
+    BackendSpec(
+        "transformers", "Transformers", "workbench.backends.transformers_backend:TransformersBackend",
+        (TRANSFORMERS, GGUF), ("torch", "transformers"),
+        "Transformers models need torch and transformers: run ./start.sh",
+        Capabilities(can_train=True, supports_memory_caps=True),
+        COMMON_OPTIONS | _TORCH_OPTIONS | {"trust_pickle"}, TRANSFORMERS_PLAN,
+    ),
+    BackendSpec(
+        "gptq", "GPTQ (GPTQModel)", "workbench.backends.gptq_backend:GPTQBackend", (GPTQ,),
+        ("torch", "transformers", "gptqmodel"), "GPTQ models need GPTQModel: run ./start.sh",
+        # LoRA trains beside the frozen quantized layers (peft + GPTQModel's torch kernel).
+        Capabilities(can_train=True, supports_memory_caps=True),
+        COMMON_OPTIONS | _TORCH_OPTIONS, GPTQ_PLAN,
+    ),
+)
+
+PLUGINS_ENV = "WORKBENCH_BACKENDS"  # extra backends: comma-separated "module:SPEC" paths (tests, plugins)
+
+
+def default_registry() -> Registry:
+    """The built-in backends plus any named in $WORKBENCH_BACKENDS; each app, CLI run or test builds its own."""
+    registry = Registry(BUILTIN)
+    for dotted in filter(None, (p.strip() for p in os.environ.get(PLUGINS_ENV, "").split(","))):
+        try:
+            spec = _import(dotted)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise WorkbenchError(f"${PLUGINS_ENV} names {dotted!r}, which cannot be imported ({e}).") from e
+        registry.register(spec)
+    return registry

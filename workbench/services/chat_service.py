@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from ..errors import WorkbenchError
+from ..model_values import GenerationStats
 from ..options import GenerationRequest, GenParams
-from .conversations import Conversation, ConversationStore
+from .conversations import Conversation, ConversationStore, remove_turn
 from .model_service import ModelService
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
@@ -23,10 +24,11 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 MAX_MESSAGE_CHARS = 200_000
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReplyChunk:
-    text: str                  # the reply so far
-    stats: dict | None = None  # set on the last chunk: tokens, tokens_per_s, ttft_s, finish_reason, ...
+    text: str                               # the reply so far
+    stats: GenerationStats | None = None    # set on the last chunk
+    context: int = 0                        # the model's context size (set with stats)
 
 
 def check_message(text: str) -> None:
@@ -90,15 +92,42 @@ class ChatService:
                     conv.messages[-1]["content"] = text
                     yield ReplyChunk(text)
                 else:
-                    stats = dict(value, context=self.models.context_size())
-                    stats["conversation_tokens"] = stats["prompt_tokens"] + stats["completion_tokens"]
-                    yield ReplyChunk(text, stats)
+                    yield ReplyChunk(text, value, self.models.context_size())
         finally:
             if session is not None and self._stops.get(session) is stop:
                 del self._stops[session]
             if not continue_last and not conv.messages[-1]["content"]:
                 conv.messages.pop()  # nothing came (an error, or Stop before the first token): no empty reply
             self.conversations.save(conv)  # whatever came, even after Stop or an error
+
+    def open_or_new(self, conv_id: str | None, system_prompt: str) -> Conversation:
+        """The open conversation (a new one when `conv_id` is empty) with the system prompt from the screen."""
+        conv = self.conversations.get(conv_id) if conv_id else self.conversations.new(system_prompt)
+        conv.system_prompt = system_prompt
+        return conv
+
+    def delete_turn(self, conv_id: str | None, turn: int | float | None) -> tuple[Conversation, str]:
+        """Remove turn `turn` (1 = the first user message, with its replies) and save; return it and its user text."""
+        if turn is None or int(turn) != turn:
+            raise WorkbenchError("Type the number of the turn to delete (1 is the first message).")
+        conv = self.require_open(conv_id)
+        text = remove_turn(conv, int(turn))
+        self.conversations.save(conv)
+        return conv, text
+
+    def delete_last_turn(self, conv_id: str | None) -> tuple[Conversation, str]:
+        """Remove the last turn and save; return the conversation and that turn's user text (for editing)."""
+        conv = self.require_open(conv_id)
+        count = sum(m["role"] == "user" for m in conv.messages)
+        if not count:
+            raise WorkbenchError("This conversation has no turns to delete.")
+        return self.delete_turn(conv_id, count)
+
+    def require_open(self, conv_id: str | None) -> Conversation:
+        """The conversation `conv_id`; a clear error when none is open."""
+        if not conv_id:
+            raise WorkbenchError("No conversation is open.")
+        return self.conversations.get(conv_id)
 
     def stop(self, session: str) -> None:
         """End the reply being written for `session` (a browser tab), and no one else's."""
@@ -107,15 +136,15 @@ class ChatService:
             stop.set()
 
 
-def format_stats(stats: dict) -> str:
+def format_stats(stats: GenerationStats, context: int) -> str:
     """One line under a reply: tokens, speed, first-token latency, context use, why it ended."""
     reason = {"stop": "finished", "length": "hit the token limit", "cancelled": "stopped"}.get(
-        stats.get("finish_reason"), stats.get("finish_reason", ""))
-    line = (f"{stats.get('completion_tokens', 0)} tokens · {stats.get('tokens_per_s', 0):.1f} tok/s · "
-            f"first token {stats.get('ttft_s', 0) * 1000:.0f} ms · prompt {stats.get('prompt_tokens', 0)} tokens "
-            f"({stats.get('cached_tokens', 0)} reused) · context {stats.get('conversation_tokens', 0)}"
-            f"/{stats.get('context', 0)} · {reason}")
-    if stats.get("dropped_messages"):
-        line += (f"  \n**The conversation outgrew the context: the oldest {stats['dropped_messages']} messages "
+        stats.finish_reason, stats.finish_reason)
+    line = (f"{stats.completion_tokens} tokens · {stats.tokens_per_s:.1f} tok/s · "
+            f"first token {stats.ttft_s * 1000:.0f} ms · prompt {stats.prompt_tokens} tokens "
+            f"({stats.cached_tokens} reused) · context {stats.prompt_tokens + stats.completion_tokens}"
+            f"/{context} · {reason}")
+    if stats.dropped_messages:
+        line += (f"  \n**The conversation outgrew the context: the oldest {stats.dropped_messages} messages "
                  "were left out of this reply** (the system prompt stays).")
     return line

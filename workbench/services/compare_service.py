@@ -15,8 +15,6 @@ from ..errors import WorkbenchError
 from ..options import GenerationRequest, GenParams
 from .model_service import ModelService
 
-SIDES = ("a", "b")
-
 
 class CompareService:
     def __init__(self, a: ModelService, b: ModelService):
@@ -66,4 +64,4 @@ class CompareService:
 
     def memory(self, side: str) -> int | None:
         """Live RSS of that side's worker, in bytes."""
-        return self.slots[side].status().get("worker_rss_bytes")
+        return self.slots[side].status().worker_rss_bytes

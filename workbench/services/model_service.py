@@ -11,54 +11,53 @@ import json
 import os
 import threading
 import time
-from typing import Iterator
+from dataclasses import replace
+from typing import TYPE_CHECKING, Iterator
 
-from ..backends import registry
-from ..detect import Detection, detect
+from ..backends.registry import BackendSpec, Registry, check_installed, default_registry
 from ..errors import NoModelLoaded, WorkbenchError, WorkerDied
 from ..hardware import Hardware, detect_hardware
+from ..model_values import Completion, GenerationStats, LoadedModel, ModelEntry, ModelStatus, WorkerMemory
 from ..options import GenerationRequest, LoadOptions
-from ..paths import Paths, resolve_entry
+from ..paths import Paths, resolve_entry, resolve_inside
 from ..plan import MemoryPlan, check_plan, make_plan
 from ..worker import ModelWorker
 
-
-def describe(detection: Detection) -> dict:
-    """A model-list row: what detection found plus the backend that would load it."""
-    row = detection.to_dict()
-    row["name"] = os.path.basename(detection.path)
-    row["backend"] = registry.default_backend(detection.format)
-    return row
-
+if TYPE_CHECKING:
+    from ..jobs import JobSpec
 
 MAX_PERPLEXITY_CHARS = 2_000_000
 
 
 class ModelService:
-    def __init__(self, paths: Paths, slot: str = "main"):
+    def __init__(self, paths: Paths, slot: str = "main", registry: Registry | None = None):
         self.paths = paths
         self.slot = slot  # names this service's worker log (a second slot serves the Compare tab)
+        self.registry = registry or default_registry()
         self._worker: ModelWorker | None = None
-        self._info: dict | None = None
+        self._loaded: LoadedModel | None = None
         self._lock = threading.Lock()  # load/unload one at a time
 
     # --- discovery -----------------------------------------------------------------
-    def list_models(self) -> list[dict]:
-        """Every entry in models/: a detection row, or {"name", "error"} for what cannot be read."""
-        rows = []
+    def list_models(self) -> list[ModelEntry]:
+        """Every entry in models/: what detection found, or why it cannot be read."""
+        entries = []
         folder = self.paths.models
         if not os.path.isdir(folder):
-            return rows
+            return entries
         for name in sorted(os.listdir(folder)):
             if name.startswith(".") or name.lower() in ("readme.md", "readme.txt"):
                 continue
             try:
-                row = describe(detect(os.path.join(folder, name)))
-                row["name"] = name
+                detection = self.registry.detect(os.path.join(folder, name))
+                entries.append(ModelEntry(name, detection, self.registry.default_for(detection.format).name))
             except WorkbenchError as e:
-                row = {"name": name, "error": str(e)}
-            rows.append(row)
-        return rows
+                entries.append(ModelEntry(name, error=str(e)))
+        return entries
+
+    def model_names(self) -> list[str]:
+        """Names in models/ that can be loaded."""
+        return [e.name for e in self.list_models() if e.error is None]
 
     def resolve_name(self, name: str) -> str:
         """Path of a model named by a client (browser, API): one of the entries of models/."""
@@ -71,6 +70,21 @@ class ModelService:
         in_models = os.path.join(self.paths.models, path_or_name)
         return in_models if os.path.exists(in_models) else path_or_name
 
+    def backend_for(self, path: str, loader: str | None = None, trust_pickle: bool = False) -> BackendSpec:
+        """The backend that would load `path` with the loader choice `loader`."""
+        return self.registry.choose(self.registry.detect(path, trust_pickle), loader)
+
+    def transformers_copy_job(self, name: str | None) -> JobSpec:
+        """The job that makes a Transformers copy of model `name` as models/<name>-transformers."""
+        from ..jobs import JobSpec
+
+        if not name:
+            raise WorkbenchError("Pick the GGUF model to copy first.")
+        out_name = os.path.splitext(name)[0] + "-transformers"
+        out = resolve_inside(self.paths.models, out_name, "model")
+        return JobSpec("convert_to_transformers", {"src": self.resolve_name(name), "out": out},
+                       title=f"Make a Transformers copy of {name}")
+
     # --- planning -------------------------------------------------------------------
     def hardware(self) -> Hardware:
         return detect_hardware(self.paths.offload)
@@ -78,45 +92,48 @@ class ModelService:
     def plan(self, path: str, loader: str | None = None, options: LoadOptions | None = None) -> MemoryPlan:
         """The memory plan for loading `path`: per device weights, KV cache, buffers, and whether it fits."""
         options = (options or LoadOptions()).validate()
-        detection = detect(path, trust_pickle=options.trust_pickle)
-        spec = registry.choose(detection, loader)
-        return make_plan(detection, spec.name, options, self.hardware())
+        detection = self.registry.detect(path, trust_pickle=options.trust_pickle)
+        return make_plan(detection, self.registry.choose(detection, loader), options, self.hardware())
 
     # --- lifecycle -----------------------------------------------------------------
-    def load(self, path: str, loader: str | None = None, options: LoadOptions | None = None) -> dict:
-        """Plan, refuse what cannot fit, then start a worker and load; the previous model is unloaded first."""
-        options = (options or LoadOptions()).validate()
-        if options.offload_folder is None:
-            options.offload_folder = self.paths.offload
-        detection = detect(path, trust_pickle=options.trust_pickle)
-        spec = registry.choose(detection, loader)
-        registry.check_installed(spec)
+    def load(self, path: str, loader: str | None = None, options: LoadOptions | None = None) -> LoadedModel:
+        """Plan, refuse what cannot fit, then start a worker and load; the previous model is unloaded first.
+
+        `options` is not changed: the loaded model keeps them as asked (n_ctx 0 stays "auto") beside
+        the context the plan chose.
+        """
+        asked = (options or LoadOptions()).validate()
+        detection = self.registry.detect(path, trust_pickle=asked.trust_pickle)
+        spec = self.registry.choose(detection, loader)
+        check_installed(spec)
         with self._lock:
-            plan = make_plan(detection, spec.name, options, self.hardware())
+            plan = make_plan(detection, spec, asked, self.hardware())
             short_of_free = any(not d.fits and d.cap_source == "free" for d in plan.devices)
             if short_of_free and self._worker is not None:
                 # The loaded model's memory may be what is missing: plan again without it.
                 self._stop_worker()
-                plan = make_plan(detection, spec.name, options, self.hardware())
+                plan = make_plan(detection, spec, asked, self.hardware())
             check_plan(plan)  # refused over a cap: the model loaded before stays loaded
             self._stop_worker()
-            options.n_ctx = plan.n_ctx  # auto (0) becomes the context the plan chose
-            if options.max_ram_gib or options.max_vram_gib:
-                options.weight_budget = {d.device.replace("cuda:", ""): d.weights
-                                         for d in plan.devices if d.device != "disk"}
+            budget = ({d.device.replace("cuda:", ""): d.weights for d in plan.devices if d.device != "disk"}
+                      if asked.max_ram_gib or asked.max_vram_gib else None)
+            run_with = replace(asked, n_ctx=plan.n_ctx, weight_budget=budget,
+                               offload_folder=asked.offload_folder or self.paths.offload)
             worker = ModelWorker(log_path=os.path.join(self.paths.user_data, "logs", f"worker-{self.slot}.log"))
             try:
-                info = worker.load(spec.name, detection, options)
+                info = worker.load(spec, detection, run_with)
             except BaseException:
                 worker.stop()
                 raise
-            info["name"] = os.path.basename(detection.path)
-            info["detection"] = detection.to_dict()
-            info["worker_pid"] = worker.pid
-            info["plan"] = plan.to_dict()
-            info["options"] = {k: v for k, v in options.to_dict().items() if k != "weight_budget"}
-            self._worker, self._info = worker, info
-            return dict(info)
+            self._worker = worker
+            self._loaded = LoadedModel(
+                name=os.path.basename(detection.path), backend=info["backend"], path=info["path"],
+                format=info["format"], n_ctx=info["n_ctx"], device=info["device"], dtype=info["dtype"],
+                n_threads=info["n_threads"], chat_template=info["chat_template"], details=info["details"],
+                load_s=info["load_s"], memory=WorkerMemory(**info["memory"]), worker_pid=worker.pid,
+                detection=detection, plan=plan, options=asked,
+            )
+            return self._loaded
 
     def unload(self) -> None:
         """End the worker process; all of the model's memory goes back to the system."""
@@ -127,20 +144,19 @@ class ModelService:
         if self._worker is not None:
             self._record_memory()
             self._worker.stop()
-        self._worker, self._info = None, None
+        self._worker, self._loaded = None, None
 
     def _record_memory(self) -> None:
         """Append the plan's prediction beside the worker's measured peak to user_data/memory_log.jsonl."""
-        worker, info = self._worker, self._info
-        if worker is None or info is None or not worker.alive():
+        worker, loaded = self._worker, self._loaded
+        if worker is None or loaded is None or not worker.alive():
             return
         try:
-            peak = worker.memory()["peak_rss_bytes"]
+            peak = worker.memory().peak_rss_bytes
         except WorkbenchError:
             return
-        plan = info["plan"]
-        predicted = sum(d["total"] for d in plan["devices"] if d["device"] == "cpu")
-        entry = {"time": time.time(), "model": info["name"], "backend": info["backend"], "n_ctx": info["n_ctx"],
+        predicted = loaded.plan.ram_total()
+        entry = {"time": time.time(), "model": loaded.name, "backend": loaded.backend, "n_ctx": loaded.n_ctx,
                  "predicted_ram_bytes": predicted, "measured_peak_rss_bytes": peak,
                  "error": (predicted - peak) / peak if peak else None}
         os.makedirs(self.paths.user_data, exist_ok=True)
@@ -160,11 +176,12 @@ class ModelService:
         with self._lock:
             if self._worker is worker:
                 worker.stop(timeout=1)
-                self._worker, self._info = None, None
+                self._worker, self._loaded = None, None
 
     # --- use -----------------------------------------------------------------------
-    def generate(self, request: GenerationRequest, stop: threading.Event | None = None) -> Iterator[tuple[str, object]]:
-        """Stream ("token", text) events, then ("done", stats); setting `stop` ends this generation only."""
+    def generate(self, request: GenerationRequest,
+                 stop: threading.Event | None = None) -> Iterator[tuple[str, str | GenerationStats]]:
+        """Stream ("token", text) events, then ("done", GenerationStats); setting `stop` ends this generation only."""
         request.params.validate()
         worker = self._require_worker()
         try:
@@ -173,15 +190,15 @@ class ModelService:
             self._forget_dead(worker)
             raise
 
-    def complete(self, request: GenerationRequest, stop: threading.Event | None = None) -> dict:
-        """Run a generation to the end (or until `stop` is set); return {"text", **stats}."""
-        pieces, stats = [], {}
+    def complete(self, request: GenerationRequest, stop: threading.Event | None = None) -> Completion:
+        """Run a generation to the end (or until `stop` is set); return its text and stats."""
+        pieces, stats = [], GenerationStats("cancelled")
         for kind, value in self.generate(request, stop):
             if kind == "token":
                 pieces.append(value)
             else:
                 stats = value
-        return {"text": "".join(pieces), **stats}
+        return Completion("".join(pieces), stats)
 
     def tokenize(self, text: str) -> list[int]:
         return self._require_worker().tokenize(text)
@@ -194,48 +211,51 @@ class ModelService:
             raise WorkbenchError(f"The text has {len(text):,} characters; perplexity takes up to "
                                  f"{MAX_PERPLEXITY_CHARS:,}, use a shorter file.")
         worker = self._require_worker()
-        n_ctx = self._info["n_ctx"]
-        window = window or min(n_ctx, 512)
-        if not 2 <= window <= n_ctx:
-            raise WorkbenchError(f"The window must be between 2 and the context size ({n_ctx}) tokens.")
+        loaded = self._loaded
+        window = window or min(loaded.n_ctx, 512)
+        if not 2 <= window <= loaded.n_ctx:
+            raise WorkbenchError(f"The window must be between 2 and the context size ({loaded.n_ctx}) tokens.")
         try:
             result = worker.perplexity(text, window, on_progress)
         except WorkerDied:
             self._forget_dead(worker)
             raise
-        return {**result, "model": self._info["name"], "backend": self._info["backend"]}
+        return {**result, "model": loaded.name, "backend": loaded.backend}
 
     def context_size(self) -> int:
         self._require_worker()
-        return self._info["n_ctx"]
+        return self._loaded.n_ctx
+
+    def loaded(self) -> LoadedModel | None:
+        """The loaded model, or None."""
+        return self._loaded
 
     def loaded_name(self) -> str | None:
-        info = self._info
-        return info["name"] if info else None
+        loaded = self._loaded
+        return loaded.name if loaded else None
 
     def cancel(self) -> None:
         """Stop the running generation at its next token (no-op when idle)."""
         if self._worker is not None:
             self._worker.cancel()
 
-    def status(self) -> dict:
-        """The loaded model's info and the worker's live memory, or {"loaded": False}."""
-        worker, info = self._worker, self._info
-        if worker is None or info is None:
-            return {"loaded": False}
+    def status(self) -> ModelStatus:
+        """The loaded model and the worker's live RAM, or why nothing is loaded."""
+        worker, loaded = self._worker, self._loaded
+        if worker is None or loaded is None:
+            return ModelStatus()
         if not worker.alive():
             self._forget_dead(worker)
-            return {"loaded": False, "error": "The model worker stopped unexpectedly; load the model again."}
-        status = {"loaded": True, **info}
+            return ModelStatus(error="The model worker stopped unexpectedly; load the model again.")
         try:
             import psutil
 
-            status["worker_rss_bytes"] = psutil.Process(worker.pid).memory_info().rss
+            rss = psutil.Process(worker.pid).memory_info().rss
         except Exception:  # the process may end between the two lines
-            pass
-        return status
+            rss = None
+        return ModelStatus(loaded, rss)
 
-    def worker_memory(self) -> dict:
+    def worker_memory(self) -> WorkerMemory:
         """Current and peak RSS of the worker, measured inside it."""
         return self._require_worker().memory()
 

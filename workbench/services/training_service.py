@@ -16,12 +16,16 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import WorkbenchError
 from ..paths import Paths, resolve_entry, resolve_inside
 from ..training.config import LORA, RUN_NAME, SCRATCH, TrainConfig, TrainConfigError
 from ..training.estimate import TrainEstimate
 from ..training.run_files import CANCELLED, FAILED, INTERRUPTED, RUNNING, RunFiles
+
+if TYPE_CHECKING:
+    from ..jobs import JobSpec
 
 DATASET_SUFFIXES = (".txt", ".md", ".json", ".jsonl")
 
@@ -70,8 +74,9 @@ def eta_seconds(rows: list[dict]) -> float | None:
 
 
 class TrainingService:
-    def __init__(self, paths: Paths):
+    def __init__(self, paths: Paths, runner: str = "workbench.training.runner"):
         self.paths = paths
+        self.runner = runner  # the module a run's process executes (tests use workbench.training.fake_runner)
         self._procs: dict[str, subprocess.Popen] = {}  # children of this app, reaped when they end
 
     # names ---------------------------------------------------------------
@@ -91,6 +96,14 @@ class TrainingService:
         if not os.path.isfile(path):
             raise RunError(f"There is no dataset {name!r} in datasets/; put your file there or upload it.")
         return path
+
+    def dataset_text(self, name: str | None) -> str:
+        """The text of dataset `name` (in datasets/), for perplexity."""
+        from ..training.dataset import read_text
+
+        if not name:
+            raise RunError("Pick a text file from datasets/ first.")
+        return read_text(self.dataset_path(name))[0]
 
     def _resolve(self, config: TrainConfig, trusted_paths: bool, need_dataset: bool = True) -> TrainConfig:
         """The config with every name turned into a checked absolute path."""
@@ -187,7 +200,7 @@ class TrainingService:
         log = open(run.log, "ab")
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "workbench.training.runner", run.folder],
+                [sys.executable, "-m", self.runner, run.folder],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                 start_new_session=True,
@@ -351,25 +364,35 @@ class TrainingService:
             raise RunError(f"Run {name!r} has no finished LoRA adapter; a completed LoRA run has one.")
         return config.base_model, adapter
 
-    def job(self, args: list[str]):
-        """Run `python -m workbench ARGS` (a conversion or export) and yield its progress lines.
+    def export_job(self, name: str, kind: str, out_name: str | None) -> JobSpec:
+        """The job that exports run `name` as `kind` (transformers, gptq, gguf) to models/OUT_NAME (or a default)."""
+        from ..jobs import JobSpec
 
-        In its own process so the app never holds the weights; raises RunError with the
-        command's last line when it fails.
-        """
-        env = dict(os.environ, WORKBENCH_ROOT=self.paths.root, PYTHONUNBUFFERED="1")
-        proc = subprocess.Popen([sys.executable, "-m", "workbench", *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, env=env,
-                                cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-        last = ""
-        for line in proc.stdout:
-            line = line.strip()
-            if line:
-                last = line
-                yield line
-        if proc.wait() != 0:
-            raise RunError(last.removeprefix("error: ") or f"The job ended with exit code {proc.returncode}.")
+        if not name:
+            raise RunError("Pick a run to export.")
+        out_name = (out_name or "").strip() or f"{name}-{kind}"
+        if kind == "gguf" and not out_name.endswith(".gguf"):
+            out_name += ".gguf"
+        out = resolve_inside(self.paths.models, out_name, "model")
+        status = self.status(name)
+        if status.status != "completed" or (status.method != LORA and not status.output):
+            raise RunError(f"Run {name!r} has not completed; there is nothing to export yet.")
+        if status.method == LORA:
+            source, adapter = self.adapter_of(name)
+        else:
+            if kind == "transformers":
+                raise RunError(f"The scratch model is already a Transformers folder: "
+                               f"models/{os.path.basename(status.output)}.")
+            source, adapter = status.output, None
+        return JobSpec("export", {"kind": kind, "source": source, "out": out, "adapter": adapter},
+                       title=f"Export {name} as {kind} to models/{out_name}")
 
-    def stop_all(self) -> None:
-        """Leave runs going when the app exits: they are their own processes and re-attach on restart."""
-        self._procs.clear()
+    def result_to_load(self, name: str) -> tuple[str, str | None, str | None]:
+        """(model path, loader, adapter) that loads a completed run's result for chat."""
+        status = self.status(name)
+        if status.status != "completed":
+            raise RunError(f"Run {name!r} has not completed ({status.status}); finish or resume it first.")
+        if status.method == LORA:
+            base, adapter = self.adapter_of(name)
+            return base, None, adapter
+        return status.output, None, None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from ..chat_template import CHATML_TEMPLATE
-from ..detect import GGUF, GPTQ, TRANSFORMERS, detect
+from ..detect import GGUF, GPTQ, detect
 from .config import BYTE_TOKENIZER, LORA, TrainConfig
 from .dataset import DatasetError
 
@@ -26,15 +26,21 @@ class TrainSetupError(DatasetError):
 
 
 def check_base_model(path: str) -> None:
-    """Refuse models LoRA cannot train here, with the way forward."""
-    detection = detect(path)
+    """Refuse models LoRA cannot train here (by the capability of the backend that loads them), with the way forward."""
+    from ..backends.registry import default_registry
+
+    registry = default_registry()
+    detection = registry.detect(path)
+    if registry.default_for(detection.format).capabilities.can_train:
+        return
+    name = os.path.basename(path)
     if detection.format == GGUF:
         raise TrainSetupError(
-            f"{os.path.basename(path)} is a GGUF file; make a Transformers copy first (Model tab: Convert, or "
-            f"`python -m workbench convert {os.path.basename(path)} --to transformers`) and train that."
+            f"{name} is a GGUF file, which LoRA cannot train; make a Transformers copy first (Training tab: "
+            f"Make a Transformers copy, or `python -m workbench convert {name} --to transformers`) and train that."
         )
-    if detection.format not in (TRANSFORMERS, GPTQ):
-        raise TrainSetupError(f"{os.path.basename(path)} is not a Transformers model folder; LoRA needs one.")
+    raise TrainSetupError(f"{name} is a {detection.format} model, which LoRA cannot train; "
+                          "train a Transformers model folder instead.")
 
 
 def load_gptq_for_training(path: str):

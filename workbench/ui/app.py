@@ -11,6 +11,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..generation_presets import GenerationPresetStore
+from ..jobs import JobService
 from ..options import LoadOptions
 from ..profiles import ProfileStore
 from ..services.chat_service import ChatService
@@ -25,12 +26,12 @@ from .training_tab import build_training_tab
 
 def build_app(models: ModelService, chat: ChatService, compare: CompareService, profiles: ProfileStore,
               presets: GenerationPresetStore, load_defaults: LoadOptions, export_folder: str,
-              training: TrainingService, loader: str = "auto") -> gr.Blocks:
+              training: TrainingService, jobs: JobService, loader: str = "auto") -> gr.Blocks:
     with gr.Blocks(title="Model Workbench") as app:
         gr.Markdown("## Model Workbench")
         with gr.Tabs():
             build_chat_tab(chat, presets, export_folder, app)
             build_model_tab(models, profiles, load_defaults, app, loader)
-            build_training_tab(training, models, app)
+            build_training_tab(training, models, jobs, app, load_defaults)
             build_compare_tab(compare, app)
     return app

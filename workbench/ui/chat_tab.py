@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 
 import gradio as gr
 
@@ -17,7 +18,7 @@ from ..errors import WorkbenchError
 from ..generation_presets import GenerationPresetStore
 from ..options import GenParams
 from ..services.chat_service import DEFAULT_SYSTEM_PROMPT, ChatService, format_stats
-from ..services.conversations import Conversation, remove_turn
+from .user_errors import shows_errors
 
 
 WAITING_REPLIES = 16  # chat replies handed to the model worker's line at once (each holds a thread while it waits)
@@ -41,193 +42,211 @@ def sliders_from(p: GenParams) -> list:
             -1 if p.seed is None else p.seed]
 
 
+@dataclass
+class ChatView:
+    """The tab's components that handlers read or write."""
+
+    conv_id: gr.State
+    conversations: gr.Dropdown
+    new_chat: gr.Button
+    title: gr.Textbox
+    rename: gr.Button
+    delete: gr.Button
+    export: gr.Button
+    exported: gr.File
+    chatbot: gr.Chatbot
+    message: gr.Textbox
+    send: gr.Button
+    stop: gr.Button
+    regenerate: gr.Button
+    cont: gr.Button
+    edit_last: gr.Button
+    delete_last: gr.Button
+    turn_number: gr.Number
+    delete_turn: gr.Button
+    stats: gr.Markdown
+    system: gr.Textbox
+    preset: gr.Dropdown
+    apply_preset: gr.Button
+    preset_name: gr.Textbox
+    save_preset: gr.Button
+    delete_preset: gr.Button
+    sliders: list
+
+
+def _layout(balanced: GenParams) -> ChatView:
+    conv_id = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=1, min_width=220):
+            conversations = gr.Dropdown([], value=None, allow_custom_value=True, label="Saved conversations",
+                                        elem_id="conversations")
+            new_chat = gr.Button("New chat", elem_id="new-chat")
+            title = gr.Textbox(label="Title", placeholder="rename the open conversation")
+            rename = gr.Button("Rename")
+            delete = gr.Button("Delete conversation", variant="stop")
+            export = gr.Button("Export as Markdown")
+            exported = gr.File(label="Export", interactive=False)
+        with gr.Column(scale=4):
+            chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="chatbot")
+            with gr.Row():
+                message = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, scale=8,
+                                     lines=2, elem_id="chat-input")
+                send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+                stop = gr.Button("Stop", scale=1, elem_id="stop")
+            with gr.Row():
+                regenerate = gr.Button("Regenerate")
+                cont = gr.Button("Continue")
+                edit_last = gr.Button("Edit last message")
+                delete_last = gr.Button("Delete last turn")
+            with gr.Row():
+                turn_number = gr.Number(1, precision=0, minimum=1, label="Turn #", scale=1)
+                delete_turn = gr.Button("Delete that turn", scale=1)
+            stats = gr.Markdown(elem_id="chat-stats")
+            with gr.Accordion("Settings", open=False, elem_id="chat-settings"):
+                system = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=2)
+                with gr.Row():
+                    preset = gr.Dropdown([], value=None, allow_custom_value=True, label="Generation preset", scale=2,
+                                         elem_id="generation-preset")
+                    apply_preset = gr.Button("Apply", scale=1, elem_id="apply-preset")
+                    preset_name = gr.Textbox(label="Save settings as", scale=2)
+                    save_preset = gr.Button("Save preset", scale=1)
+                    delete_preset = gr.Button("Delete preset", scale=1)
+                sliders = _sampling_sliders(balanced)
+    return ChatView(conv_id, conversations, new_chat, title, rename, delete, export, exported, chatbot, message, send,
+                    stop, regenerate, cont, edit_last, delete_last, turn_number, delete_turn, stats, system, preset,
+                    apply_preset, preset_name, save_preset, delete_preset, sliders)
+
+
+def _sampling_sliders(p: GenParams) -> list:
+    with gr.Row():
+        temperature = gr.Slider(0, 2, value=p.temperature, step=0.05, label="Temperature", info="0 = greedy")
+        top_p = gr.Slider(0.05, 1, value=p.top_p, step=0.01, label="top_p")
+        top_k = gr.Slider(0, 200, value=p.top_k, step=1, label="top_k", info="0 = off")
+        min_p = gr.Slider(0, 0.5, value=p.min_p, step=0.01, label="min_p")
+    with gr.Row():
+        repetition_penalty = gr.Slider(0.8, 2, value=p.repetition_penalty, step=0.01, label="Repetition penalty")
+        max_tokens = gr.Slider(1, 4096, value=p.max_tokens, step=1, label="Max new tokens", elem_id="max-tokens")
+        seed = gr.Number(-1, precision=0, label="Seed", info="-1 = random", elem_id="seed")
+    return [temperature, top_p, top_k, min_p, repetition_penalty, max_tokens, seed]
+
+
+def _reply_stream(chat: ChatService, action: str, session: str, cid, system_prompt: str, text: str, values):
+    """Run send/regenerate/continue; stream (chatbot, box, stats, id, list) updates.
+
+    `session` (the browser tab's Gradio session) is what this tab's Stop button stops.
+    """
+    conv = chat.open_or_new(cid, system_prompt)
+    params = params_from(*values)
+    if action == "send":
+        chunks = chat.send(conv, text, params, session)
+    elif action == "regenerate":
+        chunks = chat.regenerate(conv, params, session)
+    else:
+        chunks = chat.continue_reply(conv, params, session)
+    first = next(chunks)  # errors (no model, empty message) surface before the box is cleared
+    line = format_stats(first.stats, first.context) if first.stats else ""
+    # The list only changes when this message started a new conversation: do not reread every file.
+    listing = gr.update(choices=conversation_choices(chat), value=conv.id) if cid != conv.id else gr.skip()
+    yield conv.messages, "", line, conv.id, listing
+    try:
+        for chunk in chunks:
+            if chunk.stats:
+                line = format_stats(chunk.stats, chunk.context)
+            yield conv.messages, gr.skip(), line, gr.skip(), gr.skip()
+    except WorkbenchError as e:  # mid-reply: keep what came, say why it ended
+        yield conv.messages, gr.skip(), f"**Error:** {e}", gr.skip(), gr.skip()
+
+
 def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_folder: str, page: gr.Blocks) -> None:
     """The tab. The conversation and preset lists fill in on `page` load: the page shell is served
     before login, so it must hold no titles or names from the disk."""
     balanced = presets.get("Balanced").gen_params() if "Balanced" in presets.names() else GenParams()
     with gr.Tab("Chat"):
-        conv_id = gr.State(None)
-        with gr.Row():
-            with gr.Column(scale=1, min_width=220):
-                conversations = gr.Dropdown([], value=None, allow_custom_value=True, label="Saved conversations",
-                                            elem_id="conversations")
-                new_chat = gr.Button("New chat", elem_id="new-chat")
-                title = gr.Textbox(label="Title", placeholder="rename the open conversation")
-                rename = gr.Button("Rename")
-                delete = gr.Button("Delete conversation", variant="stop")
-                export = gr.Button("Export as Markdown")
-                exported = gr.File(label="Export", interactive=False)
-            with gr.Column(scale=4):
-                chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="chatbot")
-                with gr.Row():
-                    message = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, scale=8,
-                                         lines=2, elem_id="chat-input")
-                    send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
-                    stop = gr.Button("Stop", scale=1, elem_id="stop")
-                with gr.Row():
-                    regenerate = gr.Button("Regenerate")
-                    cont = gr.Button("Continue")
-                    edit_last = gr.Button("Edit last message")
-                    delete_last = gr.Button("Delete last turn")
-                with gr.Row():
-                    turn_number = gr.Number(1, precision=0, minimum=1, label="Turn #", scale=1)
-                    delete_turn = gr.Button("Delete that turn", scale=1)
-                stats = gr.Markdown(elem_id="chat-stats")
-                with gr.Accordion("Settings", open=False, elem_id="chat-settings"):
-                    system = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=2)
-                    with gr.Row():
-                        preset = gr.Dropdown([], value=None, allow_custom_value=True, label="Generation preset", scale=2,
-                                             elem_id="generation-preset")
-                        apply_preset = gr.Button("Apply", scale=1, elem_id="apply-preset")
-                        preset_name = gr.Textbox(label="Save settings as", scale=2)
-                        save_preset = gr.Button("Save preset", scale=1)
-                        delete_preset = gr.Button("Delete preset", scale=1)
-                    with gr.Row():
-                        temperature = gr.Slider(0, 2, value=balanced.temperature, step=0.05, label="Temperature",
-                                                info="0 = greedy")
-                        top_p = gr.Slider(0.05, 1, value=balanced.top_p, step=0.01, label="top_p")
-                        top_k = gr.Slider(0, 200, value=balanced.top_k, step=1, label="top_k", info="0 = off")
-                        min_p = gr.Slider(0, 0.5, value=balanced.min_p, step=0.01, label="min_p")
-                    with gr.Row():
-                        repetition_penalty = gr.Slider(0.8, 2, value=balanced.repetition_penalty, step=0.01,
-                                                       label="Repetition penalty")
-                        max_tokens = gr.Slider(1, 4096, value=balanced.max_tokens, step=1, label="Max new tokens",
-                                               elem_id="max-tokens")
-                        seed = gr.Number(-1, precision=0, label="Seed", info="-1 = random", elem_id="seed")
-    sliders = [temperature, top_p, top_k, min_p, repetition_penalty, max_tokens, seed]
+        v = _layout(balanced)
+    os.makedirs(export_folder, exist_ok=True)
 
-    def open_or_new(cid: str | None, system_prompt: str) -> Conversation:
-        conv = chat.conversations.get(cid) if cid else chat.conversations.new(system_prompt)
-        conv.system_prompt = system_prompt
-        return conv
-
-    def stream(action, session, cid, system_prompt, text, *values):
-        """Run one of send/regenerate/continue and stream (chatbot, box, stats, id, list) updates.
-
-        `session` (the browser tab's Gradio session) is what this tab's Stop button stops.
-        """
-        try:
-            conv = open_or_new(cid, system_prompt)
-            params = params_from(*values)
-            if action == "send":
-                chunks = chat.send(conv, text, params, session)
-            elif action == "regenerate":
-                chunks = chat.regenerate(conv, params, session)
-            else:
-                chunks = chat.continue_reply(conv, params, session)
-            first = next(chunks)  # errors (no model, empty message) surface before the box is cleared
-        except WorkbenchError as e:
-            raise gr.Error(str(e))
-        line = format_stats(first.stats) if first.stats else ""
-        # The list only changes when this message started a new conversation: do not reread every file.
-        listing = gr.update(choices=conversation_choices(chat), value=conv.id) if cid != conv.id else gr.skip()
-        yield conv.messages, "", line, conv.id, listing
-        try:
-            for chunk in chunks:
-                if chunk.stats:
-                    line = format_stats(chunk.stats)
-                yield conv.messages, gr.skip(), line, gr.skip(), gr.skip()
-        except WorkbenchError as e:
-            yield conv.messages, gr.skip(), f"**Error:** {e}", gr.skip(), gr.skip()
-
+    @shows_errors
     def on_send(request: gr.Request, text, cid, system_prompt, *values):
-        yield from stream("send", request.session_hash, cid, system_prompt, text, *values)
+        yield from _reply_stream(chat, "send", request.session_hash, cid, system_prompt, text, values)
 
+    @shows_errors
     def on_regenerate(request: gr.Request, cid, system_prompt, *values):
-        yield from stream("regenerate", request.session_hash, cid, system_prompt, "", *values)
+        yield from _reply_stream(chat, "regenerate", request.session_hash, cid, system_prompt, "", values)
 
+    @shows_errors
     def on_continue(request: gr.Request, cid, system_prompt, *values):
-        yield from stream("continue", request.session_hash, cid, system_prompt, "", *values)
+        yield from _reply_stream(chat, "continue", request.session_hash, cid, system_prompt, "", values)
 
     def on_stop(request: gr.Request):
         chat.stop(request.session_hash)
 
+    @shows_errors
+    def on_edit_last(cid):
+        conv, text = chat.delete_last_turn(cid)
+        return conv.messages, text
+
+    def listing(value=None):
+        return gr.update(choices=conversation_choices(chat), value=value)
+
+    @shows_errors
     def on_open(cid):
         if not cid:
             return [], None, "", gr.skip()
-        try:
-            conv = chat.conversations.get(cid)
-        except WorkbenchError as e:
-            raise gr.Error(str(e))
+        conv = chat.conversations.get(cid)
         return conv.messages, conv.id, "", conv.system_prompt or DEFAULT_SYSTEM_PROMPT
 
-    def on_new():
-        return [], None, "", gr.update(choices=conversation_choices(chat), value=None)
-
-    def without_turn(cid, turn: int | None, keep_text: bool):
-        """Remove a turn (None = the last); return (messages, its user text when editing)."""
-        if not cid:
-            raise gr.Error("No conversation is open.")
-        try:
-            conv = chat.conversations.get(cid)
-            count = sum(m["role"] == "user" for m in conv.messages)
-            text = remove_turn(conv, count if turn is None else int(turn)) if count else ""
-        except WorkbenchError as e:
-            raise gr.Error(str(e))
-        chat.conversations.save(conv)
-        return conv.messages, text if keep_text else gr.skip()
-
+    @shows_errors
     def on_rename(cid, new_title):
-        try:
-            chat.conversations.rename(cid, new_title) if cid else None
-        except WorkbenchError as e:
-            raise gr.Error(str(e))
-        return gr.update(choices=conversation_choices(chat), value=cid), ""
+        if cid:
+            chat.conversations.rename(cid, new_title)
+        return listing(cid), ""
 
+    @shows_errors
     def on_delete(cid):
         if cid:
-            try:
-                chat.conversations.delete(cid)
-            except WorkbenchError as e:
-                raise gr.Error(str(e))
-        return [], None, gr.update(choices=conversation_choices(chat), value=None)
+            chat.conversations.delete(cid)
+        return [], None, listing()
 
+    @shows_errors
     def on_export(cid):
-        if not cid:
-            raise gr.Error("No conversation is open.")
-        return chat.conversations.export_markdown(cid, export_folder)
+        return chat.conversations.export_markdown(chat.require_open(cid).id, export_folder)
 
-    def on_apply_preset(name):
-        try:
-            return sliders_from(presets.get(name).gen_params())
-        except WorkbenchError as e:
-            raise gr.Error(str(e))
-
+    @shows_errors
     def on_save_preset(name, *values):
-        try:
-            presets.save(name, params_from(*values), "Saved from the Chat tab.")
-        except WorkbenchError as e:
-            raise gr.Error(str(e))
+        presets.save(name, params_from(*values), "Saved from the Chat tab.")
         return gr.update(choices=presets.names(), value=name)
 
+    @shows_errors
     def on_delete_preset(name):
-        try:
-            presets.delete(name)
-        except WorkbenchError as e:
-            raise gr.Error(str(e))
+        presets.delete(name)
         return gr.update(choices=presets.names(), value=None)
 
-    outputs = [chatbot, message, stats, conv_id, conversations]
+    outputs = [v.chatbot, v.message, v.stats, v.conv_id, v.conversations]
+    with_text = [v.message, v.conv_id, v.system, *v.sliders]
+    without_text = [v.conv_id, v.system, *v.sliders]
     # Replies from every browser tab (and API client) wait their turn at the model worker, in arrival
     # order; Gradio's queue (which shows a position) only holds those beyond WAITING_REPLIES.
-    replies = dict(concurrency_id="chat-reply", concurrency_limit=WAITING_REPLIES)
-    send.click(on_send, [message, conv_id, system, *sliders], outputs, api_name="chat", **replies)
-    message.submit(on_send, [message, conv_id, system, *sliders], outputs, api_visibility="private", **replies)
-    regenerate.click(on_regenerate, [conv_id, system, *sliders], outputs, api_name="regenerate", **replies)
-    cont.click(on_continue, [conv_id, system, *sliders], outputs, api_name="continue", **replies)
-    stop.click(on_stop, None, None, api_name="stop", queue=False)
-    edit_last.click(lambda cid: without_turn(cid, None, True), conv_id, [chatbot, message], api_name="edit_last")
-    delete_last.click(lambda cid: without_turn(cid, None, False)[0], conv_id, chatbot, api_name="delete_last")
-    delete_turn.click(lambda cid, n: without_turn(cid, n, False)[0], [conv_id, turn_number], chatbot,
-                      api_name="delete_turn")
-    conversations.input(on_open, conversations, [chatbot, conv_id, stats, system], api_name="open_conversation")
-    new_chat.click(on_new, None, [chatbot, conv_id, stats, conversations], api_name="new_chat")
-    page.load(lambda: (gr.update(choices=conversation_choices(chat)), gr.update(choices=presets.names())), None,
-              [conversations, preset], api_visibility="private")
-    rename.click(on_rename, [conv_id, title], [conversations, title], api_name="rename_conversation")
-    delete.click(on_delete, conv_id, [chatbot, conv_id, conversations], api_name="delete_conversation")
-    export.click(on_export, conv_id, exported, api_name="export_conversation")
-    apply_preset.click(on_apply_preset, preset, sliders, api_name="apply_preset")
-    save_preset.click(on_save_preset, [preset_name, *sliders], preset, api_name="save_preset")
-    delete_preset.click(on_delete_preset, preset, preset, api_name="delete_preset")
-    os.makedirs(export_folder, exist_ok=True)
+    line = dict(concurrency_id="chat-reply", concurrency_limit=WAITING_REPLIES)
+    v.send.click(on_send, with_text, outputs, api_name="chat", **line)
+    v.message.submit(on_send, with_text, outputs, api_visibility="private", **line)
+    v.regenerate.click(on_regenerate, without_text, outputs, api_name="regenerate", **line)
+    v.cont.click(on_continue, without_text, outputs, api_name="continue", **line)
+    v.stop.click(on_stop, None, None, api_name="stop", queue=False)
+    v.edit_last.click(on_edit_last, v.conv_id, [v.chatbot, v.message], api_name="edit_last")
+    v.delete_last.click(shows_errors(lambda cid: chat.delete_last_turn(cid)[0].messages), v.conv_id, v.chatbot,
+                        api_name="delete_last")
+    v.delete_turn.click(shows_errors(lambda cid, n: chat.delete_turn(cid, n)[0].messages),
+                        [v.conv_id, v.turn_number], v.chatbot, api_name="delete_turn")
+    v.conversations.input(on_open, v.conversations, [v.chatbot, v.conv_id, v.stats, v.system],
+                          api_name="open_conversation")
+    v.new_chat.click(lambda: ([], None, "", listing()), None, [v.chatbot, v.conv_id, v.stats, v.conversations],
+                     api_name="new_chat")
+    page.load(lambda: (listing(), gr.update(choices=presets.names())), None, [v.conversations, v.preset],
+              api_visibility="private")
+    v.rename.click(on_rename, [v.conv_id, v.title], [v.conversations, v.title], api_name="rename_conversation")
+    v.delete.click(on_delete, v.conv_id, [v.chatbot, v.conv_id, v.conversations], api_name="delete_conversation")
+    v.export.click(on_export, v.conv_id, v.exported, api_name="export_conversation")
+    v.apply_preset.click(shows_errors(lambda name: sliders_from(presets.get(name).gen_params())), v.preset,
+                         v.sliders, api_name="apply_preset")
+    v.save_preset.click(on_save_preset, [v.preset_name, *v.sliders], v.preset, api_name="save_preset")
+    v.delete_preset.click(on_delete_preset, v.preset, v.preset, api_name="delete_preset")

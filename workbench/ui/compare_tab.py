@@ -7,20 +7,21 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..errors import WorkbenchError
+from ..model_values import GenerationStats
 from ..options import GenParams, LoadOptions
 from ..services.chat_service import DEFAULT_SYSTEM_PROMPT
 from ..services.compare_service import CompareService
+from .user_errors import shows_errors
 
 MiB = 2**20
 
 
-def side_stats(stats: dict | None, rss: int | None) -> str:
+def side_stats(stats: GenerationStats | None, rss: int | None) -> str:
     if not stats:
         return ""
     memory = f" · worker RAM {rss / MiB:.0f} MiB" if rss else ""
-    return (f"{stats['completion_tokens']} tokens · {stats['tokens_per_s']:.1f} tok/s · "
-            f"first token {stats['ttft_s'] * 1000:.0f} ms{memory}")
+    return (f"{stats.completion_tokens} tokens · {stats.tokens_per_s:.1f} tok/s · "
+            f"first token {stats.ttft_s * 1000:.0f} ms{memory}")
 
 
 def build_compare_tab(compare: CompareService, page: gr.Blocks) -> None:
@@ -51,33 +52,26 @@ def build_compare_tab(compare: CompareService, page: gr.Blocks) -> None:
                 b_text = gr.Textbox(label="B", lines=12, interactive=False)
                 b_stats = gr.Markdown()
 
+    @shows_errors
     def on_load_b(name, n_ctx):
-        try:
-            info = b.load(b.resolve_name(name), None, LoadOptions(n_ctx=int(n_ctx)))
-        except WorkbenchError as e:
-            raise gr.Error(str(e))
-        return f"B: `{info['name']}` with {info['backend']} ({info['dtype']})."
+        loaded = b.load(b.resolve_name(name), None, LoadOptions(n_ctx=int(n_ctx)))
+        return f"B: `{loaded.name}` with {loaded.backend} ({loaded.dtype})."
 
+    @shows_errors
     def on_run(text, temp, max_new, request: gr.Request):
-        try:
-            params = GenParams(temperature=float(temp), max_tokens=int(max_new)).validate()
-            messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": text}]
-            events = compare.stream(messages, params, request.session_hash)
-        except WorkbenchError as e:
-            raise gr.Error(str(e))
+        params = GenParams(temperature=float(temp), max_tokens=int(max_new)).validate()
+        messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": text}]
+        events = compare.stream(messages, params, request.session_hash)
         texts, stats = {"a": "", "b": ""}, {"a": "", "b": ""}
         titles = (f"**A**: {a.loaded_name()}", f"**B**: {b.loaded_name()}")
-        try:
-            for side, kind, value in events:
-                if kind == "token":
-                    texts[side] += value
-                elif kind == "done":
-                    stats[side] = side_stats(value, compare.memory(side))
-                else:
-                    stats[side] = f"**Error:** {value}"
-                yield (*titles, texts["a"], texts["b"], stats["a"], stats["b"])
-        except WorkbenchError as e:
-            raise gr.Error(str(e))
+        for side, kind, value in events:
+            if kind == "token":
+                texts[side] += value
+            elif kind == "done":
+                stats[side] = side_stats(value, compare.memory(side))
+            else:
+                stats[side] = f"**Error:** {value}"
+            yield (*titles, texts["a"], texts["b"], stats["a"], stats["b"])
 
     load_b.click(on_load_b, [b_name, b_ctx], b_status, api_name="load_b")
     unload_b.click(lambda: (b.unload(), "B is not loaded.")[1], None, b_status, api_name="unload_b")
@@ -87,5 +81,5 @@ def build_compare_tab(compare: CompareService, page: gr.Blocks) -> None:
         compare.stop(request.session_hash)
 
     stop.click(on_stop, None, None, queue=False, api_name="compare_stop")
-    page.load(lambda: gr.update(choices=[r["name"] for r in b.list_models() if "error" not in r]), None, b_name,
+    page.load(lambda: gr.update(choices=b.model_names()), None, b_name,
               api_visibility="private")

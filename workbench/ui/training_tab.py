@@ -9,15 +9,18 @@ an app restart shows a running run again.
 from __future__ import annotations
 
 import os
+from dataclasses import fields, replace
 
 import gradio as gr
 import pandas as pd
 
 from ..errors import WorkbenchError
+from ..jobs import JobService
 from ..options import LoadOptions
 from ..services.model_service import ModelService
 from ..services.training_service import TrainingService
 from ..training.config import SCHEDULERS, TrainConfig
+from .user_errors import shows_errors
 
 D = TrainConfig()
 
@@ -90,62 +93,126 @@ def preview_markdown(info: dict) -> str:
     return "  \n".join(lines)
 
 
-def build_training_tab(training: TrainingService, models: ModelService, page: gr.Blocks) -> None:
+# The form's fields, in the order the start_training / preview_dataset API takes them.
+FORM_FIELDS = ("name", "method", "base_model", "dataset", "validation_file", "validation_fraction", "lora_rank",
+               "lora_alpha", "lora_dropout", "target_modules", "tokenizer", "n_layer", "n_head", "n_embd",
+               "output_model", "learning_rate", "scheduler", "warmup_steps", "epochs", "max_steps", "batch_size",
+               "grad_accum", "cutoff_len", "overlap", "eval_every", "save_every", "early_stopping_patience", "seed")
+_TYPES = {f.name: f.type for f in fields(TrainConfig)}
+
+
+def config_from_values(values) -> TrainConfig:
+    """A TrainConfig from the form's values (in FORM_FIELDS order); whole-number fields must be whole."""
+    data = {}
+    for name, value in zip(FORM_FIELDS, values):
+        kind = _TYPES[name]
+        if kind == "int":
+            if value is None or float(value) != int(value):
+                raise WorkbenchError(f"{name.replace('_', ' ').capitalize()} must be a whole number.")
+            value = int(value)
+        elif kind == "float":
+            value = float(value or 0)
+        else:
+            value = (value or "").strip() if isinstance(value, str) or value is None else value
+        data[name] = value
+    data["tokenizer"] = data["tokenizer"] or "byte"
+    return TrainConfig.from_dict(data, "the Training tab")
+
+
+def _number(name, label, info=None, whole=True):
+    return gr.Number(getattr(D, name), precision=0 if whole else None, label=label, info=info)
+
+
+def _form_layout() -> dict:
+    """The run form's components keyed by TrainConfig field (plus the upload and Make-a-copy button)."""
+    f = {}
+    with gr.Row():
+        f["name"] = gr.Textbox(label="Run name", value="my-run", elem_id="run-name")
+        f["method"] = gr.Radio(["lora", "scratch"], value="lora", label="Method",
+                               info="LoRA adapter on a model, or a new small GPT from scratch")
+    with gr.Row():
+        f["base_model"] = gr.Dropdown([], value=None, allow_custom_value=True, label="Base model (Transformers form)",
+                                      elem_id="base-model", scale=3)
+        f["make_copy"] = gr.Button("Make a Transformers copy", scale=1)
+    with gr.Row():
+        f["dataset"] = gr.Dropdown([], value=None, allow_custom_value=True, label="Dataset (datasets/)",
+                                   elem_id="dataset", scale=3)
+        f["validation_file"] = gr.Dropdown([""], value="", allow_custom_value=True, label="Validation file",
+                                           info="empty = hold out a fraction", scale=2)
+        f["validation_fraction"] = gr.Number(D.validation_fraction, label="Validation fraction", scale=1)
+    f["upload"] = gr.File(label="Upload a dataset (.txt, .json, .jsonl)", file_types=[".txt", ".md", ".json", ".jsonl"],
+                          elem_id="dataset-upload")
+    with gr.Accordion("LoRA", open=False), gr.Row():
+        f["lora_rank"], f["lora_alpha"] = _number("lora_rank", "Rank"), _number("lora_alpha", "Alpha")
+        f["lora_dropout"] = _number("lora_dropout", "Dropout", whole=False)
+        f["target_modules"] = gr.Textbox(", ".join(D.target_modules), label="Target modules",
+                                         info="comma separated, or all-linear")
+    with gr.Accordion("From scratch", open=False), gr.Row():
+        f["tokenizer"] = gr.Dropdown(["byte"], value="byte", allow_custom_value=True, label="Tokenizer",
+                                     info="byte-level, or reuse a model's")
+        f["n_layer"], f["n_head"], f["n_embd"] = (_number("n_layer", "Layers"), _number("n_head", "Heads"),
+                                                  _number("n_embd", "Width"))
+        f["output_model"] = gr.Textbox("", label="Output model name (models/)", info="empty = run name")
+    with gr.Accordion("Optimisation", open=True):
+        with gr.Row():
+            f["learning_rate"] = _number("learning_rate", "Learning rate", whole=False)
+            f["scheduler"] = gr.Dropdown(list(SCHEDULERS), value=D.scheduler, label="Scheduler")
+            f["warmup_steps"] = _number("warmup_steps", "Warmup steps")
+            f["epochs"] = _number("epochs", "Epochs", whole=False)
+            f["max_steps"] = _number("max_steps", "Max steps", "0 = use epochs")
+        with gr.Row():
+            f["batch_size"], f["grad_accum"] = _number("batch_size", "Batch size"), _number("grad_accum",
+                                                                                          "Gradient accumulation")
+            f["cutoff_len"] = _number("cutoff_len", "Cutoff length (tokens)")
+            f["overlap"] = _number("overlap", "Overlap (raw text)")
+        with gr.Row():
+            f["eval_every"] = _number("eval_every", "Evaluate every N steps", "0 = each epoch")
+            f["save_every"] = _number("save_every", "Save every N steps")
+            f["early_stopping_patience"] = _number("early_stopping_patience", "Early stopping patience", "0 = off")
+            f["seed"] = _number("seed", "Seed")
+    return f
+
+
+def _result_layout() -> dict:
+    """The right column: runs, status, loss plot, log, and what to do with a result."""
+    r = {}
+    with gr.Row():
+        r["run_list"] = gr.Dropdown([], value=None, allow_custom_value=True, label="Runs (user_data/runs/)",
+                                    elem_id="run-list", scale=3)
+        r["refresh_runs"] = gr.Button("Refresh", scale=1)
+    r["run_status"] = gr.Markdown(status_markdown(None), elem_id="run-status")
+    r["loss_plot"] = gr.LinePlot(None, x="step", y="loss", color="series", color_map=LOSS_SERIES, color_title="",
+                                 label="Loss", elem_id="loss-plot")
+    with gr.Row():
+        r["cancel"] = gr.Button("Cancel", variant="stop", elem_id="cancel-run")
+        r["resume"] = gr.Button("Resume", elem_id="resume-run")
+        r["delete"] = gr.Button("Delete run")
+    r["log_tail"] = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, autoscroll=True)
+    with gr.Accordion("Use the result", open=True):
+        r["load_result"] = gr.Button("Load in Chat", elem_id="load-result")
+        with gr.Row():
+            r["export_kind"] = gr.Radio(["transformers", "gptq", "gguf"], value="transformers", label="Export as",
+                                        info="LoRA runs are merged into their base model")
+            r["export_name"] = gr.Textbox(label="Output name in models/", placeholder="my-model-merged")
+            r["export_button"] = gr.Button("Export")
+        r["result_text"] = gr.Markdown("")
+    with gr.Accordion("Perplexity of the loaded model", open=False):
+        with gr.Row():
+            r["ppl_text"] = gr.Dropdown([], value=None, allow_custom_value=True, label="Text file (datasets/)")
+            r["ppl_window"] = gr.Number(0, precision=0, label="Window (tokens)", info="0 = min(context, 512)")
+            r["ppl_button"] = gr.Button("Measure")
+        r["ppl_result"] = gr.Markdown("")
+    return r
+
+
+def build_training_tab(training: TrainingService, models: ModelService, jobs: JobService, page: gr.Blocks,
+                       load_defaults: LoadOptions) -> None:
     """The tab. Its lists (models, datasets, runs) fill in on `page` load: that also shows runs started
     since the app was built, and keeps names off the page shell, which is served before login."""
     with gr.Tab("Training"):
         with gr.Row():
             with gr.Column(scale=3):
-                with gr.Row():
-                    run_name = gr.Textbox(label="Run name", value="my-run", elem_id="run-name")
-                    method = gr.Radio(["lora", "scratch"], value="lora", label="Method",
-                                      info="LoRA adapter on a model, or a new small GPT from scratch")
-                with gr.Row():
-                    base_model = gr.Dropdown([], value=None, allow_custom_value=True, label="Base model (Transformers form)",
-                                             elem_id="base-model", scale=3)
-                    make_copy = gr.Button("Make a Transformers copy", scale=1)
-                with gr.Row():
-                    dataset = gr.Dropdown([], value=None, allow_custom_value=True, label="Dataset (datasets/)",
-                                          elem_id="dataset", scale=3)
-                    validation_file = gr.Dropdown([""], value="", allow_custom_value=True, label="Validation file",
-                                                  info="empty = hold out a fraction", scale=2)
-                    validation_fraction = gr.Number(D.validation_fraction, label="Validation fraction", scale=1)
-                upload = gr.File(label="Upload a dataset (.txt, .json, .jsonl)", file_types=[".txt", ".md", ".json", ".jsonl"],
-                                 elem_id="dataset-upload")
-                with gr.Accordion("LoRA", open=False):
-                    with gr.Row():
-                        lora_rank = gr.Number(D.lora_rank, precision=0, label="Rank")
-                        lora_alpha = gr.Number(D.lora_alpha, precision=0, label="Alpha")
-                        lora_dropout = gr.Number(D.lora_dropout, label="Dropout")
-                        target_modules = gr.Textbox(", ".join(D.target_modules), label="Target modules",
-                                                    info="comma separated, or all-linear")
-                with gr.Accordion("From scratch", open=False):
-                    with gr.Row():
-                        tokenizer = gr.Dropdown(["byte"], value="byte", allow_custom_value=True, label="Tokenizer",
-                                                info="byte-level, or reuse a model's")
-                        n_layer = gr.Number(D.n_layer, precision=0, label="Layers")
-                        n_head = gr.Number(D.n_head, precision=0, label="Heads")
-                        n_embd = gr.Number(D.n_embd, precision=0, label="Width")
-                        output_model = gr.Textbox("", label="Output model name (models/)", info="empty = run name")
-                with gr.Accordion("Optimisation", open=True):
-                    with gr.Row():
-                        learning_rate = gr.Number(D.learning_rate, label="Learning rate")
-                        scheduler = gr.Dropdown(list(SCHEDULERS), value=D.scheduler, label="Scheduler")
-                        warmup_steps = gr.Number(D.warmup_steps, precision=0, label="Warmup steps")
-                        epochs = gr.Number(D.epochs, label="Epochs")
-                        max_steps = gr.Number(D.max_steps, precision=0, label="Max steps", info="0 = use epochs")
-                    with gr.Row():
-                        batch_size = gr.Number(D.batch_size, precision=0, label="Batch size")
-                        grad_accum = gr.Number(D.grad_accum, precision=0, label="Gradient accumulation")
-                        cutoff_len = gr.Number(D.cutoff_len, precision=0, label="Cutoff length (tokens)")
-                        overlap = gr.Number(D.overlap, precision=0, label="Overlap (raw text)")
-                    with gr.Row():
-                        eval_every = gr.Number(D.eval_every, precision=0, label="Evaluate every N steps",
-                                               info="0 = each epoch")
-                        save_every = gr.Number(D.save_every, precision=0, label="Save every N steps")
-                        patience = gr.Number(D.early_stopping_patience, precision=0, label="Early stopping patience",
-                                             info="0 = off")
-                        seed = gr.Number(D.seed, precision=0, label="Seed")
+                f = _form_layout()
                 with gr.Row():
                     preview_button = gr.Button("Preview dataset")
                     estimate_button = gr.Button("Memory estimate")
@@ -154,225 +221,121 @@ def build_training_tab(training: TrainingService, models: ModelService, page: gr
                 preview_text = gr.Markdown("")
                 preview_sample = gr.Code(label="One example as the model sees it", interactive=False, visible=False)
             with gr.Column(scale=3):
-                with gr.Row():
-                    run_list = gr.Dropdown([], value=None, allow_custom_value=True, label="Runs (user_data/runs/)",
-                                           elem_id="run-list", scale=3)
-                    refresh_runs = gr.Button("Refresh", scale=1)
-                run_status = gr.Markdown(status_markdown(None),
-                                         elem_id="run-status")
-                loss_plot = gr.LinePlot(None, x="step", y="loss",
-                                        color="series", color_map=LOSS_SERIES, color_title="", label="Loss",
-                                        elem_id="loss-plot")
-                with gr.Row():
-                    cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-run")
-                    resume = gr.Button("Resume", elem_id="resume-run")
-                    delete = gr.Button("Delete run")
-                log_tail = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, autoscroll=True)
-                with gr.Accordion("Use the result", open=True):
-                    load_result = gr.Button("Load in Chat", elem_id="load-result")
-                    with gr.Row():
-                        export_kind = gr.Radio(["transformers", "gptq", "gguf"], value="transformers",
-                                               label="Export as", info="LoRA runs are merged into their base model")
-                        export_name = gr.Textbox(label="Output name in models/", placeholder="my-model-merged")
-                        export_button = gr.Button("Export")
-                    result_text = gr.Markdown("")
-                with gr.Accordion("Perplexity of the loaded model", open=False):
-                    with gr.Row():
-                        ppl_text = gr.Dropdown([], value=None, allow_custom_value=True, label="Text file (datasets/)")
-                        ppl_window = gr.Number(0, precision=0, label="Window (tokens)", info="0 = min(context, 512)")
-                        ppl_button = gr.Button("Measure")
-                    ppl_result = gr.Markdown("")
+                r = _result_layout()
         timer = gr.Timer(2)
-
-    form = [run_name, method, base_model, dataset, validation_file, validation_fraction, lora_rank, lora_alpha,
-            lora_dropout, target_modules, tokenizer, n_layer, n_head, n_embd, output_model, learning_rate, scheduler,
-            warmup_steps, epochs, max_steps, batch_size, grad_accum, cutoff_len, overlap, eval_every, save_every,
-            patience, seed]
-
-    def config_from_form(name, method_, base, data, val_file, val_fraction, rank, alpha, dropout, targets, tok,
-                         layers, heads, width, out_model, lr, sched, warmup, n_epochs, steps, batch, accum, cutoff,
-                         ovl, every_eval, every_save, patience_, seed_) -> TrainConfig:
-        def whole(v, label):
-            if v is None or float(v) != int(v):
-                raise WorkbenchError(f"{label} must be a whole number.")
-            return int(v)
-
-        return TrainConfig.from_dict({
-            "name": (name or "").strip(), "method": method_, "base_model": base or "", "dataset": data or "",
-            "validation_file": val_file or "", "validation_fraction": float(val_fraction or 0),
-            "lora_rank": whole(rank, "Rank"), "lora_alpha": whole(alpha, "Alpha"), "lora_dropout": float(dropout or 0),
-            "target_modules": targets or "", "tokenizer": tok or "byte", "n_layer": whole(layers, "Layers"),
-            "n_head": whole(heads, "Heads"), "n_embd": whole(width, "Width"), "output_model": (out_model or "").strip(),
-            "learning_rate": float(lr or 0), "scheduler": sched, "warmup_steps": whole(warmup, "Warmup steps"),
-            "epochs": float(n_epochs or 0), "max_steps": whole(steps, "Max steps"),
-            "batch_size": whole(batch, "Batch size"), "grad_accum": whole(accum, "Gradient accumulation"),
-            "cutoff_len": whole(cutoff, "Cutoff length"), "overlap": whole(ovl, "Overlap"),
-            "eval_every": whole(every_eval, "Evaluate every"), "save_every": whole(every_save, "Save every"),
-            "early_stopping_patience": whole(patience_, "Patience"), "seed": whole(seed_, "Seed"),
-        }, "the Training tab")
+    form = [f[name] for name in FORM_FIELDS]
+    view = [r["run_status"], r["loss_plot"], r["log_tail"]]
+    dataset_lists = [f["dataset"], f["validation_file"], r["ppl_text"]]
 
     def run_view(name):
         if not name:
             return status_markdown(None), loss_frame([]), ""
         try:
-            return status_markdown(training.status(name), training.paths.root), loss_frame(training.metrics(name)), training.log_tail(name, 12)
+            return (status_markdown(training.status(name), training.paths.root), loss_frame(training.metrics(name)),
+                    training.log_tail(name, 12))
         except WorkbenchError as e:
             return f"**{e}**", loss_frame([]), ""
 
+    def runs_update(value=None):
+        names = training.names()
+        return gr.update(choices=names, value=value if value in names else (names[0] if names else None))
+
+    def datasets_update(value=None):
+        choices = training.datasets()
+        return (gr.update(choices=choices, value=value) if value else gr.update(choices=choices),
+                gr.update(choices=[""] + choices), gr.update(choices=choices))
+
+    @shows_errors
     def on_preview(*values):
-        try:
-            info = training.preview(config_from_form(*values))
-        except WorkbenchError as e:
-            raise gr.Error(str(e))
+        info = training.preview(config_from_values(values))
         return preview_markdown(info), gr.update(value=info["sample"], visible=True)
 
     def on_estimate(*values):
         try:
-            return "**Memory estimate:** " + training.check_memory(config_from_form(*values))
+            return "**Memory estimate:** " + training.check_memory(config_from_values(values))
         except WorkbenchError as e:
             return f"**Cannot estimate:** {e}"
 
+    @shows_errors
     def on_start(*values):
-        try:
-            config = config_from_form(*values)
-            summary = training.check_memory(config)
-            training.start(config)
-        except WorkbenchError as e:
-            raise gr.Error(str(e))
-        names = training.names()
-        return (gr.update(choices=names, value=config.name), f"**Memory estimate:** {summary}",
-                *run_view(config.name))
+        config = config_from_values(values)
+        summary = training.check_memory(config)
+        training.start(config)
+        return runs_update(config.name), f"**Memory estimate:** {summary}", *run_view(config.name)
 
+    @shows_errors
     def on_cancel(name):
-        try:
-            training.cancel(name)
-        except WorkbenchError as e:
-            raise gr.Error(str(e))
+        training.cancel(name)
         gr.Info("Cancelling: the run saves a checkpoint after its current step, then stops.")
         return run_view(name)
 
-    def on_resume(name):
-        try:
-            training.resume(name)
-        except WorkbenchError as e:
-            raise gr.Error(str(e))
-        return run_view(name)
-
+    @shows_errors
     def on_delete(name):
-        try:
-            training.delete(name)
-        except WorkbenchError as e:
-            raise gr.Error(str(e))
-        names = training.names()
-        value = names[0] if names else None
-        return (gr.update(choices=names, value=value), *run_view(value))
+        training.delete(name)
+        update = runs_update()
+        return update, *run_view(update["value"])
 
-    def on_refresh_runs(name):
-        names = training.names()
-        value = name if name in names else (names[0] if names else None)
-        return (gr.update(choices=names, value=value), gr.update(choices=training.datasets()),
-                gr.update(choices=[""] + training.datasets()), gr.update(choices=training.datasets()))
-
+    @shows_errors
     def on_upload(file):
         if file is None:
             return gr.skip(), gr.skip(), gr.skip()
-        try:
-            name = training.save_upload(file, os.path.basename(file))
-        except WorkbenchError as e:
-            raise gr.Error(str(e))
+        name = training.save_upload(file, os.path.basename(file))
         gr.Info(f"Saved as datasets/{name}.")
-        choices = training.datasets()
-        return gr.update(choices=choices, value=name), gr.update(choices=[""] + choices), gr.update(choices=choices)
+        return datasets_update(name)
 
+    @shows_errors
     def on_make_copy(name, progress=gr.Progress()):
-        if not name:
-            raise gr.Error("Pick the GGUF model to copy first.")
-        try:
-            src = models.resolve_name(name)
-            out_name = os.path.splitext(name)[0] + "-transformers"
-            lines = []
-            for line in training.job(["convert", src, "--to", "transformers",
-                                      os.path.join(models.paths.models, out_name)]):
-                lines.append(line)
-                progress(None, desc=line[:120])
-        except WorkbenchError as e:
-            raise gr.Error(str(e))
-        names = [r["name"] for r in models.list_models() if "error" not in r]
-        gr.Info(f"Made models/{out_name}.")
-        return gr.update(choices=names, value=out_name), gr.update(choices=["byte"] + names)
+        spec = models.transformers_copy_job(name)
+        result = jobs.run(spec, lambda message: progress(None, desc=message[:120]))
+        names, made = models.model_names(), os.path.basename(result.output)
+        gr.Info(f"Made models/{made}.")
+        return gr.update(choices=names, value=made), gr.update(choices=["byte"] + names)
 
+    @shows_errors
     def on_load_result(name, progress=gr.Progress()):
-        try:
-            status = training.status(name)
-            if status.status != "completed":
-                raise WorkbenchError(f"Run {name!r} has not completed ({status.status}); finish or resume it first.")
-            progress(0.3, desc="Loading the result in a worker...")
-            if status.method == "lora":
-                base, adapter = training.adapter_of(name)
-                models.load(base, None, LoadOptions(n_ctx=2048, adapter=adapter))
-                return f"Loaded `{os.path.basename(base)}` with the adapter of **{name}**: chat with it in the Chat tab."
-            models.load(status.output, "transformers", LoadOptions(n_ctx=2048))
-            return f"Loaded `{os.path.basename(status.output)}`: chat with it in the Chat tab."
-        except WorkbenchError as e:
-            raise gr.Error(str(e))
+        path, loader, adapter = training.result_to_load(name)
+        progress(0.3, desc="Loading the result in a worker...")
+        loaded = models.load(path, loader, replace(load_defaults, adapter=adapter))
+        with_adapter = f" with the adapter of **{name}**" if adapter else ""
+        return f"Loaded `{loaded.name}`{with_adapter}: chat with it in the Chat tab."
 
+    @shows_errors
     def on_export(name, kind, out_name, progress=gr.Progress()):
-        try:
-            if not name:
-                raise WorkbenchError("Pick a run to export.")
-            out_name = (out_name or "").strip() or f"{name}-{kind}"
-            if kind == "gguf" and not out_name.endswith(".gguf"):
-                out_name += ".gguf"
-            from ..paths import resolve_inside
+        spec = training.export_job(name, kind, out_name)
+        result = jobs.run(spec, lambda message: progress(None, desc=message[:120]))
+        return f"Exported to `models/{os.path.basename(result.output)}`; it is in the Model tab's list."
 
-            out = resolve_inside(models.paths.models, out_name, "model")
-            status = training.status(name)
-            source = name if status.method == "lora" else status.output
-            if status.status != "completed" or not source:
-                raise WorkbenchError(f"Run {name!r} has not completed; there is nothing to export yet.")
-            if status.method != "lora" and kind == "transformers":
-                raise WorkbenchError(f"The scratch model is already a Transformers folder: models/{os.path.basename(source)}.")
-            for line in training.job(["export", source, "--to", kind, out]):
-                progress(None, desc=line[:120])
-        except WorkbenchError as e:
-            raise gr.Error(str(e))
-        return f"Exported to `models/{out_name}`; it is in the Model tab's list."
-
+    @shows_errors
     def on_perplexity(text_name, window, progress=gr.Progress()):
-        try:
-            text = open(training.dataset_path(text_name), encoding="utf-8").read() if text_name else ""
-            result = models.perplexity(text, int(window or 0) or None,
-                                       lambda done, total: progress(done / total, desc=f"window {done} of {total}"))
-        except (WorkbenchError, UnicodeDecodeError, OSError) as e:
-            raise gr.Error(str(e))
+        text = training.dataset_text(text_name)
+        result = models.perplexity(text, int(window or 0) or None,
+                                   lambda done, total: progress(done / total, desc=f"window {done} of {total}"))
         return (f"Perplexity of **{result['model']}** ({result['backend']}): **{result['perplexity']:.4f}** over "
                 f"{result['tokens']:,} tokens in {result['windows']} windows of {result['window']}.")
 
-    view = [run_status, loss_plot, log_tail]
+    def on_page_load():
+        names = models.model_names()
+        runs = runs_update()
+        return (runs, *datasets_update(), gr.update(choices=names), gr.update(choices=["byte"] + names),
+                *run_view(runs["value"]))
+
     preview_button.click(on_preview, form, [preview_text, preview_sample], api_name="preview_dataset")
     estimate_button.click(on_estimate, form, estimate_text, api_name="training_estimate")
-    start.click(on_start, form, [run_list, estimate_text, *view], api_name="start_training")
-    cancel.click(on_cancel, run_list, view, api_name="cancel_training")
-    resume.click(on_resume, run_list, view, api_name="resume_training")
-    delete.click(on_delete, run_list, [run_list, *view], api_name="delete_run")
-    refresh_runs.click(on_refresh_runs, run_list, [run_list, dataset, validation_file, ppl_text],
-                       api_name="list_runs")
-    run_list.change(run_view, run_list, view, api_name="run_status")
-    upload.upload(on_upload, upload, [dataset, validation_file, ppl_text], api_visibility="private")
-    make_copy.click(on_make_copy, base_model, [base_model, tokenizer], api_name="make_transformers_copy")
-    load_result.click(on_load_result, run_list, result_text, api_name="load_run_result")
-    export_button.click(on_export, [run_list, export_kind, export_name], result_text, api_name="export_run")
-    ppl_button.click(on_perplexity, [ppl_text, ppl_window], ppl_result, api_name="perplexity")
-    timer.tick(run_view, run_list, view, show_progress="hidden", api_visibility="private")
-
-    def on_page_load():
-        names = training.names()
-        datasets = training.datasets()
-        model_choices = [r["name"] for r in models.list_models() if "error" not in r]
-        value = names[0] if names else None
-        return (gr.update(choices=names, value=value), gr.update(choices=datasets), gr.update(choices=[""] + datasets),
-                gr.update(choices=datasets), gr.update(choices=model_choices), gr.update(choices=["byte"] + model_choices),
-                *run_view(value))
-
-    page.load(on_page_load, None, [run_list, dataset, validation_file, ppl_text, base_model, tokenizer, *view],
+    start.click(on_start, form, [r["run_list"], estimate_text, *view], api_name="start_training")
+    r["cancel"].click(on_cancel, r["run_list"], view, api_name="cancel_training")
+    r["resume"].click(shows_errors(lambda name: (training.resume(name), run_view(name))[1]), r["run_list"], view,
+                      api_name="resume_training")
+    r["delete"].click(on_delete, r["run_list"], [r["run_list"], *view], api_name="delete_run")
+    r["refresh_runs"].click(lambda name: (runs_update(name), *datasets_update()), r["run_list"],
+                            [r["run_list"], *dataset_lists], api_name="list_runs")
+    r["run_list"].change(run_view, r["run_list"], view, api_name="run_status")
+    f["upload"].upload(on_upload, f["upload"], dataset_lists, api_visibility="private")
+    f["make_copy"].click(on_make_copy, f["base_model"], [f["base_model"], f["tokenizer"]],
+                         api_name="make_transformers_copy")
+    r["load_result"].click(on_load_result, r["run_list"], r["result_text"], api_name="load_run_result")
+    r["export_button"].click(on_export, [r["run_list"], r["export_kind"], r["export_name"]], r["result_text"],
+                             api_name="export_run")
+    r["ppl_button"].click(on_perplexity, [r["ppl_text"], r["ppl_window"]], r["ppl_result"], api_name="perplexity")
+    timer.tick(run_view, r["run_list"], view, show_progress="hidden", api_visibility="private")
+    page.load(on_page_load, None, [r["run_list"], *dataset_lists, f["base_model"], f["tokenizer"], *view],
               api_visibility="private")
