@@ -214,3 +214,25 @@ def test_download_checks_gguf_sha256(service, paths, fake_hub):
     assert digest == fake_hub.repos["org/smol-gguf"][GGUF_NAME].sha256
     d = detect(path)
     assert d.quantization == "Q4_1" and d.n_layers == 30
+
+
+def test_a_file_in_huggingface_hubs_cache_is_not_fetched_again(service, paths, fake_hub, tmp_path, monkeypatch):
+    commit = fake_hub.commits["org/tiny"]
+    snapshot = tmp_path / "hf" / "models--org--tiny" / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").write_bytes(TINY["model.safetensors"])
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    listing = service.find("org/tiny")
+    probe = fake_hub.bytes_served("model.safetensors")
+    p = service.wait(service.enqueue(listing, "transformers"), 30)
+    assert p.state == DONE and p.done_bytes == p.total_bytes, p
+    assert fake_hub.bytes_served("model.safetensors") == probe  # only the header probe travelled
+    assert detect(os.path.join(paths.models, "tiny")).format == TRANSFORMERS
+    # A damaged cache copy is not trusted: it is fetched from the hub instead.
+    damaged = bytearray(TINY["model.safetensors"])
+    damaged[-1] ^= 0xFF
+    (snapshot / "model.safetensors").write_bytes(bytes(damaged))
+    p = service.wait(service.enqueue(listing, "transformers", "tiny-again"), 30)
+    assert p.state == DONE and fake_hub.bytes_served("model.safetensors") == probe + TINY_WEIGHTS, p
+    with open(os.path.join(paths.models, "tiny-again", "model.safetensors"), "rb") as f:
+        assert f.read() == TINY["model.safetensors"]

@@ -200,12 +200,20 @@ def _tqdm_reporter(on_bytes: Callable[[int], None], cancel: threading.Event):
             kwargs["disable"] = True
             super().__init__(*args, **kwargs)
 
-        def update(self, n=1):
+        def update(self, n=1):  # bytes written to the file
             if cancel.is_set():
                 raise DownloadCancelled("Cancelled; run the download again to resume.")
             if n:
                 on_bytes(int(n))
             return super().update(n)
+
+        # Having these makes huggingface_hub use one bar for both network and disk, so bytes count once.
+        def update_transfer(self, n=1):
+            if cancel.is_set():
+                raise DownloadCancelled("Cancelled; run the download again to resume.")
+
+        def set_transfer_postfix_str(self, *args, **kwargs):
+            pass
 
     return Reporter
 

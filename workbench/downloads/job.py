@@ -19,7 +19,7 @@ from ..atomic import write_json_atomic
 from ..errors import PathOutsideModels, WorkbenchError
 from ..paths import resolve_inside
 from .downloader import FileDownloader, FileTask
-from .errors import DownloadError, NotEnoughDisk, TargetExists
+from .errors import ChecksumMismatch, DownloadError, NotEnoughDisk, TargetExists
 from .hub import Hub
 from .types import GGUF_FORM, Form, RepoFile
 
@@ -160,9 +160,46 @@ def run(hub: Hub, models: str, spec: JobSpec, downloader: FileDownloader,
             continue  # verified in an earlier run
         on_file(f.name)
         os.makedirs(os.path.dirname(final), exist_ok=True)
-        downloader.fetch(_task(hub, spec, f), final + ".part")
+        task = _task(hub, spec, f)
+        if _link_from_hf_cache(spec, f, final + ".part"):
+            downloader.on_bytes(f.size or 0)
+            try:
+                downloader.fetch(task, final + ".part")  # hashes the cached copy
+            except ChecksumMismatch:  # a damaged cache copy: it was deleted, so fetch the file itself
+                downloader.on_bytes(-(f.size or 0))
+                downloader.fetch(task, final + ".part")
+        else:
+            downloader.fetch(task, final + ".part")
         os.replace(final + ".part", final)
     return finish(models, spec)
+
+
+def hf_cache_dir() -> str:
+    """huggingface_hub's cache folder, from the environment as it is now (HF_HUB_CACHE, HF_HOME)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                                                     os.path.expanduser("~/.cache"), "huggingface")
+    return os.path.join(home, "hub")
+
+
+def _link_from_hf_cache(spec: JobSpec, f: RepoFile, part: str) -> bool:
+    """Put the copy huggingface_hub already has of this file (same commit, same size) at `part`; True if so."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if os.path.exists(part):
+        return False
+    try:
+        cached = try_to_load_from_cache(spec.repo_id, f.name, cache_dir=hf_cache_dir(), revision=spec.commit)
+    except Exception:  # noqa: BLE001 - an unreadable cache just means downloading
+        return False
+    if not isinstance(cached, str) or not os.path.isfile(cached) or os.path.getsize(cached) != f.size:
+        return False
+    try:
+        os.link(os.path.realpath(cached), part)  # same disk: no copy, no extra space
+    except OSError:
+        shutil.copyfile(cached, part)
+    return True
 
 
 def finish(models: str, spec: JobSpec) -> str:
