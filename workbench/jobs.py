@@ -56,8 +56,9 @@ class JobResult:
 
 
 class JobService:
-    def __init__(self, paths: Paths):
+    def __init__(self, paths: Paths, jobs: dict[str, str] | None = None):
         self.paths = paths
+        self.jobs = {**JOBS, **(jobs or {})}  # kind -> "module:function" (tests add their own)
 
     def run(self, spec: JobSpec, on_progress: Callable[[str], None] = lambda message: None,
             stop: threading.Event | None = None, log_to_stderr: bool = False) -> JobResult:
@@ -66,8 +67,8 @@ class JobService:
         Setting `stop` kills the child (its temporary output is left unfinished and never renamed
         into place). Raises the job's own error class with its one-sentence message.
         """
-        if spec.kind not in JOBS:
-            raise WorkbenchError(f"Unknown job {spec.kind!r}; known jobs are {', '.join(JOBS)}.")
+        if spec.kind not in self.jobs:
+            raise WorkbenchError(f"Unknown job {spec.kind!r}; known jobs are {', '.join(self.jobs)}.")
         log_dir = os.path.join(self.paths.user_data, "logs")
         os.makedirs(log_dir, exist_ok=True)
         log = None if log_to_stderr else open(os.path.join(log_dir, f"job-{spec.kind}.log"), "ab")
@@ -91,7 +92,7 @@ class JobService:
             watcher = threading.Thread(target=watch, daemon=True)
             watcher.start()
         try:
-            proc.stdin.write(json.dumps({"kind": spec.kind, "kwargs": spec.kwargs}) + "\n")
+            proc.stdin.write(json.dumps({"function": self.jobs[spec.kind], "kwargs": spec.kwargs}) + "\n")
             proc.stdin.close()
             outcome = None
             for line in proc.stdout:
@@ -139,7 +140,7 @@ def _child() -> int:
 
     try:
         job = json.loads(sys.stdin.readline())
-        module_name, function = JOBS[job["kind"]].split(":")
+        module_name, function = job["function"].split(":")
         run = getattr(importlib.import_module(module_name), function)
         output = run(**job["kwargs"], progress=lambda message: emit({"event": "progress", "message": str(message)}))
         emit({"event": "result", "output": os.path.abspath(output)})

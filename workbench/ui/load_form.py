@@ -36,7 +36,9 @@ _WIDGETS = {
 }
 ROWS = (("n_ctx", "n_batch", "n_threads"), ("n_gpu_layers", "cache_type", "flash_attn", "use_mmap", "use_mlock"),
         ("dtype", "device", "max_ram_gib", "max_vram_gib"))
-FORM_FIELDS = [name for row in ROWS for name in row]
+# The order the load_model / plan / save_profile API endpoints take the values in (kept stable for clients).
+FORM_FIELDS = ["n_ctx", "n_gpu_layers", "n_batch", "n_threads", "cache_type", "flash_attn", "use_mmap", "use_mlock",
+               "dtype", "device", "max_ram_gib", "max_vram_gib"]
 _HELP = {f.name: f.metadata["help"] for f in fields(LoadOptions)}
 
 
@@ -66,13 +68,13 @@ def _parsed(name: str, value):
 
 def build_load_form(defaults: LoadOptions) -> dict[str, gr.components.Component]:
     """The components, laid out in rows, keyed by LoadOptions field (in FORM_FIELDS order)."""
-    form = {}
+    made = {}
     for row in ROWS:
         with gr.Row():
             for name in row:
                 label, make = _WIDGETS[name]
-                form[name] = make(_shown(name, getattr(defaults, name)), label, _HELP[name])
-    return form
+                made[name] = make(_shown(name, getattr(defaults, name)), label, _HELP[name])
+    return {name: made[name] for name in FORM_FIELDS}
 
 
 def options_from_values(values) -> LoadOptions:

@@ -118,7 +118,10 @@ def build_model_tab(models: ModelService, profiles: ProfileStore, defaults: Load
         refresh_timer = gr.Timer(5)
 
     def on_plan(name, loader_choice, *values):
-        return plan_view(models, name, loader_choice, values)
+        return plan_view(models, name, loader_choice, values)[:2]
+
+    def on_change(name, loader_choice, *values):
+        return plan_view(models, name, loader_choice, values)  # the plan, and which options apply
 
     @shows_errors
     def on_load(name, loader_choice, *values, progress=gr.Progress()):
@@ -167,7 +170,7 @@ def build_model_tab(models: ModelService, profiles: ProfileStore, defaults: Load
     plan_inputs = [model_name, loader, *form]
     plan_outputs = [plan_chart, plan_text, *form]
     for component in plan_inputs:
-        component.change(on_plan, plan_inputs, plan_outputs, api_visibility="private", show_progress="hidden")
+        component.change(on_change, plan_inputs, plan_outputs, api_visibility="private", show_progress="hidden")
     model_name.change(on_pick, model_name, [loader, *form], api_visibility="private")
     load.click(on_load, plan_inputs, status, api_name="load_model")
     unload.click(lambda: (models.unload(), format_status(models.status()))[1], None, status, api_name="unload_model")
@@ -175,7 +178,7 @@ def build_model_tab(models: ModelService, profiles: ProfileStore, defaults: Load
     apply_profile.click(on_apply, profile, form, api_name="apply_profile")
     save_profile.click(on_save, [profile_name, *form], profile, api_name="save_profile")
     delete_profile.click(on_delete, profile, profile, api_name="delete_profile")
-    plan_button.click(on_plan, plan_inputs, plan_outputs, api_name="plan")
+    plan_button.click(on_plan, plan_inputs, [plan_chart, plan_text], api_name="plan")
     # the plan follows: model_name's change event draws it
     page.load(on_page_load, None, [model_name, table, profile, status], api_visibility="private")
     refresh_timer.tick(lambda: format_status(models.status()), None, status, show_progress="hidden",

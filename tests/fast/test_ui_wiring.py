@@ -1,0 +1,73 @@
+"""The launched app's tabs wired to the services, with the fake backend and the fake training runner.
+
+One app for the module (`webui.py` in a subprocess, a scratch root), driven with gradio_client as
+any API user would; the real-model UI tests in tests/ui and the browser tests in tests/e2e remain
+the proof with a real engine.
+"""
+
+from __future__ import annotations
+
+import pytest
+from gradio_client import Client
+
+from tests.ui.test_webui import App, reply_text
+
+from .fakes import scratch, write_fake_model
+
+CHAT_ARGS = ("You are a helpful assistant.", 0, 0.95, 40, 0.05, 1.0, 24, -1)
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    root = scratch(tmp_path_factory.mktemp("ui"))
+    write_fake_model(root / "models", reply="Echo: {last_user}")
+    write_fake_model(root / "models", "other.json", reply="The other model.")
+    (root / "datasets" / "notes.txt").write_text("The lighthouse keeper lit the lamp every night. " * 40)
+    app = App("--model", "fake.json", root=str(root),
+              env={"WORKBENCH_BACKENDS": "workbench.backends.fake_backend:SPEC",
+                   "WORKBENCH_TRAINING_RUNNER": "workbench.training.fake_runner", "WORKBENCH_FAKE_STEP_S": "0.02"})
+    yield Client(app.url, verbose=False)
+    app.stop()
+
+
+def test_chat_replies_and_saves_through_the_tab(client):
+    chatbot, box, stats, *_ = client.predict("hello tab", *CHAT_ARGS, api_name="/chat")
+    assert reply_text(chatbot) == "Echo: hello tab" and "tok/s" in stats
+
+
+def test_turn_numbers_are_checked_and_turns_deleted(client):
+    client.predict(api_name="/new_chat")
+    client.predict("first", *CHAT_ARGS, api_name="/chat")
+    with pytest.raises(Exception, match="Type the number of the turn"):
+        client.predict(None, api_name="/delete_turn")
+
+
+def test_the_model_list_and_the_plan(client):
+    _, table = client.predict(api_name="/list_models")
+    rows = {row[0]: row for row in table["data"]}
+    assert rows["fake.json"][2] == "fake" and rows["other.json"][2] == "fake"
+    chart, text = client.predict("other.json", "auto", 0, -2, 512, 0, "f16", True, True, False, "auto", "auto", 0, 0,
+                                 api_name="/plan")
+    assert "fake, context 2048" in text and "fits" in text
+
+
+def test_loading_a_model_says_auto_context(client):
+    status = client.predict("other.json", "auto", 0, -2, 512, 0, "f16", True, True, False, "auto", "auto", 0, 0,
+                            api_name="/load_model")
+    assert "`other.json`" in status and "context 2048 (auto" in status
+    with pytest.raises(Exception, match="Threads must be between"):
+        client.predict("other.json", "auto", 0, -2, 512, 1_000_000, "f16", True, True, False, "auto", "auto", 0, 0,
+                       api_name="/load_model")
+
+
+def test_a_training_run_starts_and_completes_with_the_fake_runner(client):
+    form = ["t1", "scratch", "", "notes.txt", "", 0.1, 8, 16, 0.05, "q_proj", "byte", 2, 2, 32, "", 1e-3, "constant",
+            0, 1, 12, 2, 1, 32, 4, 4, 50, 0, 42]
+    runs, estimate, status, plot, log = client.predict(*form, api_name="/start_training")
+    assert runs["value"] == "t1" and "Memory estimate" in estimate
+    for _ in range(100):
+        status, plot, log = client.predict("t1", api_name="/run_status")
+        if "completed" in status:
+            break
+    assert "**completed**" in status and "step 12 of 12" in status
+    assert any(series == "validation" and loss is not None for _, loss, series in plot["data"])
