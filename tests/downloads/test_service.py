@@ -227,6 +227,7 @@ def test_a_file_in_huggingface_hubs_cache_is_not_fetched_again(service, paths, f
     p = service.wait(service.enqueue(listing, "transformers"), 30)
     assert p.state == DONE and p.done_bytes == p.total_bytes, p
     assert fake_hub.bytes_served("model.safetensors") == probe  # only the header probe travelled
+    assert "1.1 MiB from huggingface_hub's cache" in p.message, p.message
     assert detect(os.path.join(paths.models, "tiny")).format == TRANSFORMERS
     # A damaged cache copy is not trusted: it is fetched from the hub instead.
     damaged = bytearray(TINY["model.safetensors"])

@@ -151,17 +151,18 @@ def _task(hub: Hub, spec: JobSpec, f: RepoFile) -> FileTask:
 
 
 def run(hub: Hub, models: str, spec: JobSpec, downloader: FileDownloader,
-        on_file: Callable[[str], None] = lambda name: None) -> str:
+        on_file: Callable[[str, bool], None] = lambda name, cached: None) -> str:
     """Download every file of `spec` into its staging folder, then move the model into place; its path."""
     staging = prepare(models, spec)
     for f in spec.files:
         final = resolve_inside(staging, f.name, "file")
         if os.path.isfile(final):
             continue  # verified in an earlier run
-        on_file(f.name)
         os.makedirs(os.path.dirname(final), exist_ok=True)
         task = _task(hub, spec, f)
-        if _link_from_hf_cache(spec, f, final + ".part"):
+        cached = _link_from_hf_cache(spec, f, final + ".part")
+        on_file(f.name, cached)
+        if cached:
             downloader.on_bytes(f.size or 0)
             try:
                 downloader.fetch(task, final + ".part")  # hashes the cached copy

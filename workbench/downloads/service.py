@@ -201,18 +201,24 @@ class DownloadService:
                 p = self._progress[job_id]
                 self._set(job_id, retries=p.retries + 1, message=f"reconnecting ({why})")
 
-        def on_file(name: str) -> None:
+        from_cache = []
+
+        def on_file(name: str, cached: bool) -> None:
             with self._lock:
-                self._set(job_id, current_file=name, message=f"downloading {name}")
+                if cached:
+                    from_cache.append(next(f.size or 0 for f in spec.files if f.name == name))
+                self._set(job_id, current_file=name, message=f"{'checking the cached' if cached else 'downloading'} "
+                                                             f"{name}")
 
         started = time.monotonic()
         try:
             downloader = FileDownloader(self.hub_factory(), self.policy, cancel, meter.add, on_retry)
             path = jobs.run(downloader.hub, self.paths.models, spec, downloader, on_file)
             took = time.monotonic() - started
-            fetched = (meter.done - self._progress[job_id].resumed_bytes) / 2**20
+            fetched = (meter.done - self._progress[job_id].resumed_bytes - sum(from_cache)) / 2**20
+            cache = f"; {sum(from_cache) / 2**20:.1f} MiB from huggingface_hub's cache" if from_cache else ""
             outcome = dict(state=DONE, message=f"{os.path.basename(path)} is ready in models/ ({fetched:.1f} MiB "
-                                                f"fetched in {took:.1f} s, {fetched / max(took, 1e-3):.0f} MiB/s).")
+                                                f"fetched in {took:.1f} s, {fetched / max(took, 1e-3):.0f} MiB/s{cache}).")
         except DownloadCancelled:
             outcome = dict(state=CANCELLED, message=f"Cancelled; {meter.done / 2**20:.0f} MiB are kept in models/"
                                                     f"{jobs.STAGING_PREFIX}{spec.name} to resume from.")
