@@ -92,10 +92,10 @@ def test_same_seed_gives_same_text_and_greedy_is_repeatable(loaded):
     service, *_ = loaded
     a = ask(service, STORY, temperature=0.9, seed=1234, max_tokens=16)
     b = ask(service, STORY, temperature=0.9, seed=1234, max_tokens=16)
-    assert a["text"] == b["text"]
+    assert a.text == b.text
     g1 = ask(service, STORY, temperature=0, max_tokens=16)
     g2 = ask(service, STORY, temperature=0, max_tokens=16)
-    assert g1["text"] == g2["text"]
+    assert g1.text == g2.text
 
 
 def test_cancel_stops_at_next_token(loaded):
@@ -109,11 +109,11 @@ def test_cancel_stops_at_next_token(loaded):
                 service.cancel()
         else:
             done = value
-    assert done["finish_reason"] == "cancelled"
+    assert done.finish_reason == "cancelled"
     # the first piece holds at most 50 ms of tokens; the worker stops at the next token after the cancel
-    assert done["completion_tokens"] <= 30
+    assert done.completion_tokens <= 30
     # the worker is still usable afterwards
-    assert ask(service, CAPITAL_QUESTION, temperature=0, max_tokens=4)["completion_tokens"] >= 1
+    assert ask(service, CAPITAL_QUESTION, temperature=0, max_tokens=4).stats.completion_tokens >= 1
 
 
 def test_killed_worker_gives_clear_error_and_reload_works(loaded):
@@ -124,7 +124,7 @@ def test_killed_worker_gives_clear_error_and_reload_works(loaded):
         ask(service, CAPITAL_QUESTION, temperature=0, max_tokens=4)
     assert service.status().loaded is None
     service.load(path, options=LoadOptions(n_ctx=2048))
-    assert "Paris" in ask(service, CAPITAL_QUESTION, temperature=0, max_tokens=24)["text"]
+    assert "Paris" in ask(service, CAPITAL_QUESTION, temperature=0, max_tokens=24).text
 
 
 def test_unload_ends_the_worker_process(loaded):
@@ -145,7 +145,7 @@ def test_autogptq_layout_loads_without_renaming(sample_autogptq, tmp_path):
         info = service.load(sample_autogptq, options=LoadOptions(n_ctx=1024))
         assert info.backend == "gptq"
         assert "quantize_config.json" in info.detection.evidence
-        assert "Paris" in ask(service, CAPITAL_QUESTION, temperature=0, max_tokens=24)["text"]
+        assert "Paris" in ask(service, CAPITAL_QUESTION, temperature=0, max_tokens=24).text
     finally:
         service.close()
 
@@ -163,7 +163,7 @@ def test_perplexity_is_finite_and_reports_progress(loaded):
     assert 1.0 < result["perplexity"] < 100.0
     assert result["windows"] == len(seen) and seen[-1][0] == seen[-1][1] and result["tokens"] > 100
     # generation after scoring is unaffected (llama.cpp's KV cache was cleared, not reused as a prefix)
-    assert "Paris" in ask(service, CAPITAL_QUESTION, temperature=0, max_tokens=24)["text"]
+    assert "Paris" in ask(service, CAPITAL_QUESTION, temperature=0, max_tokens=24).text
 
 
 def test_perplexity_refuses_bad_windows(loaded):
