@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import WorkbenchError
 from ..paths import Paths, resolve_entry, resolve_inside
-from ..training.config import LORA, RUN_NAME, SCRATCH, TrainConfig, TrainConfigError
+from ..training.config import LORA, RUN_NAME, SCRATCH, TrainConfig
 from ..training.estimate import TrainEstimate
 from ..training.run_files import CANCELLED, FAILED, INTERRUPTED, RUNNING, RunFiles
 
@@ -307,8 +307,6 @@ class TrainingService:
                 return TrainConfig.from_yaml(f.read(), f"runs/{name}/config.yaml")
         except FileNotFoundError as e:
             raise RunError(f"Run {name!r} has no config.yaml; it cannot be resumed.") from e
-        except TrainConfigError:
-            raise
 
     # preparing and using ------------------------------------------------------
     def preview(self, config: TrainConfig, trusted_paths: bool = False) -> dict:
