@@ -11,7 +11,7 @@ on the real hub) which serves it with Range support. Gated repos answer 401 with
 Faults, set per test on `server.faults`: `throttle_bps` (bytes per second per response),
 `drop_at` (file offsets where the connection is cut mid-body, each once), `stall_at` (offsets
 where the body pauses `stall_s` seconds, each once), `corrupt_at` (a file offset whose byte is
-flipped in every body). `served` counts body bytes per file; `requests` logs (method, path, range).
+flipped in every body), `fail_next` (statuses the next body GETs answer with instead, e.g. 503). `served` counts body bytes per file; `requests` logs (method, path, range).
 
 Use: `with FakeHub({"org/name": {"model.gguf": "/path/or/bytes"}}) as hub: os.environ["HF_ENDPOINT"] = hub.url`.
 """
@@ -38,6 +38,7 @@ class Faults:
     stall_at: list[int] = field(default_factory=list)
     stall_s: float = 0.0
     corrupt_at: int | None = None
+    fail_next: list[int] = field(default_factory=list)  # statuses the next body GETs answer with (503, 429)
 
 
 @dataclass
@@ -207,6 +208,10 @@ def _handler(hub: FakeHub):
             self._body(f, {"ETag": f'"{f.sha256}"'})
 
         def _body(self, f: HubFile, headers: dict) -> None:
+            with hub.lock:
+                failure = hub.faults.fail_next.pop(0) if hub.faults.fail_next and self.command == "GET" else None
+            if failure:
+                return self._error(failure, "ServiceUnavailable", "try again later")
             start, end = 0, f.size
             wanted = self.headers.get("Range")
             status = 200

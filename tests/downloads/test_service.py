@@ -237,3 +237,24 @@ def test_a_file_in_huggingface_hubs_cache_is_not_fetched_again(service, paths, f
     assert p.state == DONE and fake_hub.bytes_served("model.safetensors") == probe + TINY_WEIGHTS, p
     with open(os.path.join(paths.models, "tiny-again", "model.safetensors"), "rb") as f:
         assert f.read() == TINY["model.safetensors"]
+
+
+def test_busy_hub_answers_are_retried(service, paths, fake_hub):
+    listing = service.find("org/tiny")
+    fake_hub.faults.fail_next = [503, 429]  # two in a row; the third try (max_tries) would give up
+    p = service.wait(service.enqueue(listing, "transformers"), 30)
+    assert p.state == DONE and p.retries == 2, p
+    assert visible(paths.models) == ["tiny"]
+
+
+@pytest.mark.parametrize("spec, parsed", [
+    ("org/name", ("org/name", None)),
+    ("org/name:q4_k_m", ("org/name", "q4_k_m")),
+    ("https://huggingface.co/org/name", ("org/name", None)),
+    ("https://huggingface.co/org/name/tree/main", ("org/name", None)),
+    ("https://hf-mirror.example:8080/org/name/blob/main/m.Q8_0.gguf", ("org/name", "m.Q8_0.gguf")),
+])
+def test_repo_specs(spec, parsed):
+    from workbench.downloads.forms import split_spec
+
+    assert split_spec(spec) == parsed

@@ -98,8 +98,12 @@ def parse_config(raw: bytes | None) -> dict | None:
 def split_spec(spec: str) -> tuple[str, str | None]:
     """"org/name:Q4_K_M" -> ("org/name", "Q4_K_M"); a hub URL is accepted too."""
     spec = (spec or "").strip()
-    spec = re.sub(r"^https?://[^/]+/", "", spec)
-    spec = re.sub(r"/(tree|blob|resolve)/[^/]+/?", "/", spec).rstrip("/") if "/tree/" in spec else spec
+    url = re.match(r"^https?://[^/]+/(.*)$", spec)
+    if url:  # https://host/org/name, .../tree/main, .../blob/main/file.gguf
+        parts = [p for p in url.group(1).split("/") if p]
+        rest = parts[2:]
+        choice = "/".join(rest[2:]) if len(rest) >= 3 and rest[0] in ("blob", "resolve") else None
+        return "/".join(parts[:2]), choice
     repo, _, choice = spec.partition(":")
     return repo, (choice.strip() or None)
 

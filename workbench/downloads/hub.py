@@ -22,6 +22,14 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 
 
+class HubBusy(Exception):
+    """HTTP 429 or 5xx while fetching bytes: worth another try after a wait (not a WorkbenchError)."""
+
+    def __init__(self, status: int, endpoint: str):
+        super().__init__(f"{endpoint} answered HTTP {status}")
+        self.status = status
+
+
 def check_repo_id(repo_id: str) -> str:
     """`repo_id` if it looks like `org/name`; a one-sentence error otherwise."""
     repo_id = (repo_id or "").strip().strip("/")
@@ -76,7 +84,7 @@ class Hub:
         from huggingface_hub import errors as hf
 
         where = f"{what} in {repo_id}" if what else repo_id
-        status = getattr(getattr(e, "response", None), "status_code", None)
+        status = e.status if isinstance(e, HubBusy) else getattr(getattr(e, "response", None), "status_code", None)
         if isinstance(e, hf.GatedRepoError) or status in (401, 403) and not isinstance(e, hf.RepositoryNotFoundError):
             if self.config.token:
                 return RepoGated(f"{repo_id} is gated and your token may not read it (HTTP {status}); accept its "
@@ -96,7 +104,7 @@ class Hub:
                               "network or HF_ENDPOINT.")
 
     def _call(self, repo_id: str, what: str, fn):
-        from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+        from huggingface_hub.errors import HFValidationError
 
         try:
             return fn()
@@ -104,7 +112,7 @@ class Hub:
             raise
         except HFValidationError as e:
             raise RepoNotFound(f"{repo_id!r} is not a valid repository id ({e}); write it as org/name.") from e
-        except (HfHubHTTPError, OSError, Exception) as e:  # httpx2 transport errors are not OSErrors
+        except Exception as e:  # noqa: BLE001 - HfHubHTTPError, OSError, and httpx2's transport errors
             raise self.translate(e, repo_id, what) from e
 
     def snapshot(self, repo_id: str, revision: str | None = None) -> RepoSnapshot:
@@ -140,8 +148,8 @@ class Hub:
                read_timeout_s: float | None = None) -> Iterator[object]:
         """An open GET response from byte `start` (to `end` inclusive), redirects followed.
 
-        Status errors (401, 403, 404, 5xx) raise as DownloadError sentences; transport errors
-        (drops, timeouts) propagate as they are, for the caller's retry loop.
+        Status errors (401, 403, 404) raise as DownloadError sentences; 429 and 5xx as HubBusy and
+        transport errors (drops, timeouts) as they are, for the caller's retry loop.
         """
         import httpx2
         from huggingface_hub.utils import get_session
@@ -152,6 +160,8 @@ class Hub:
             headers["Range"] = f"bytes={start}-" + ("" if end is None else str(end))
         timeout = httpx2.Timeout(self.timeout_s, read=read_timeout_s or self.timeout_s)
         with get_session().stream("GET", url, headers=headers, timeout=timeout, follow_redirects=True) as response:
+            if response.status_code == 429 or response.status_code >= 500:
+                raise HubBusy(response.status_code, self.endpoint)
             if response.status_code >= 400 and response.status_code != 416:
                 response.read()
                 self._raise_status(repo_id, response, url.rsplit("/", 1)[-1])
