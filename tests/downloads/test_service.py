@@ -205,6 +205,7 @@ def test_queue_runs_jobs_one_after_another(service, paths, fake_hub):
         service.cancel("nope")
 
 
+@pytest.mark.slow
 def test_download_checks_gguf_sha256(service, paths, fake_hub):
     p = service.wait(service.enqueue(service.find(f"org/smol-gguf:{GGUF_NAME}"), "Q4_1"), 60)
     assert p.state == DONE, p.message
