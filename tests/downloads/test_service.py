@@ -259,3 +259,43 @@ def test_repo_specs(spec, parsed):
     from workbench.downloads.forms import split_spec
 
     assert split_spec(spec) == parsed
+
+
+def test_two_processes_never_write_one_download(service, paths, fake_hub):
+    import fcntl
+
+    listing = service.find("org/tiny")
+    form = listing.plans[0].form
+    spec = jobs.JobSpec.for_form(listing.repo_id, listing.commit, form)
+    staging = jobs.prepare(paths.models, spec)
+    with open(os.path.join(staging, jobs.LOCK), "w") as held:  # as the CLI holds it while it downloads
+        fcntl.flock(held, fcntl.LOCK_EX)
+        p = service.wait(service.enqueue(listing, "transformers"), 30)
+        assert p.state == FAILED and "another workbench process" in p.message
+    p = service.wait(service.resume("tiny"), 30)  # the other process ended: its lock went with it
+    assert p.state == DONE, p.message
+    assert sorted(os.listdir(os.path.join(paths.models, "tiny"))) == sorted(f.name for f in form.files)
+
+
+def test_hf_xet_failure_falls_back_to_http(paths, fake_hub):
+    import threading
+
+    from huggingface_hub.utils._xet import XetFileData
+
+    from workbench.downloads.downloader import FileDownloader, FileTask
+    from workbench.downloads.hub import Hub
+    from workbench.downloads.types import RetryPolicy
+
+    hub = Hub()
+    commit = fake_hub.commits["org/tiny"]
+    url = hub.url("org/tiny", commit, "model.safetensors")
+    # The fake hub has no Xet service: hf_xet's token refresh fails, and the HTTP path does the work.
+    xet = XetFileData(file_hash="0" * 64, refresh_route=f"{fake_hub.url}/api/models/org/tiny/xet-read-token/{commit}")
+    task = FileTask("org/tiny", "model.safetensors", url, TINY_WEIGHTS,
+                    fake_hub.repos["org/tiny"]["model.safetensors"].sha256, None, xet)
+    got = []
+    part = os.path.join(paths.models, ".x.part")
+    FileDownloader(hub, RetryPolicy(), threading.Event(), got.append, use_xet=True).fetch(task, part)
+    with open(part, "rb") as f:
+        assert f.read() == TINY["model.safetensors"]
+    assert sum(got) == TINY_WEIGHTS

@@ -49,6 +49,8 @@ def group_forms(snapshot: RepoSnapshot, config: dict | None = None,
     for f in snapshot.files:
         base = os.path.basename(f.name)
         lower = base.lower()
+        if base.startswith(".") or any(part.startswith(".") for part in f.name.split("/")):
+            continue  # .gitattributes and other hidden files are no part of a model
         if lower.endswith(".gguf"):
             if lower.startswith(_SKIP_PREFIXES):
                 others.append(f.name)
@@ -59,7 +61,7 @@ def group_forms(snapshot: RepoSnapshot, config: dict | None = None,
             folder_weights.append(f)
         elif "/" not in f.name and lower.endswith(_FOLDER_SUFFIXES):
             folder_extras.append(f)
-        elif not lower.startswith((".git", "readme")):
+        elif not lower.startswith("readme"):
             others.append(f.name)
     forms: list[Form] = []
     labels: dict[str, int] = {}

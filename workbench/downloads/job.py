@@ -2,7 +2,7 @@
 and the final rename that makes the model appear.
 
 Everything lands in `models/.download-<name>/` (a dot name, so ModelService.list_models skips it):
-`job.json` says what is being fetched (repo, commit, files), each file grows as `<file>.part` and
+`.workbench-download.json` says what is being fetched (repo, commit, files), each file grows as `<file>.part` and
 becomes `<file>` only once verified. When every file is there, one `os.replace` puts the GGUF file
 or the folder at `models/<name>`; until then nothing half-written is visible. The staging folder
 survives a cancel, a killed app or a reboot, and the next run of the same download resumes in it.
@@ -10,8 +10,11 @@ survives a cancel, a killed app or a reboot, and the next run of the same downlo
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,13 +27,15 @@ from .hub import Hub
 from .types import GGUF_FORM, Form, RepoFile
 
 STAGING_PREFIX = ".download-"
-MANIFEST = "job.json"
+MANIFEST = ".workbench-download.json"  # dot names: no repo file can collide with them (forms skip them)
+# Held while a process works in the staging folder: the app and a command line must not both write there.
+LOCK = ".workbench-download.lock"
 GiB = 2**30
 
 
 @dataclass(frozen=True)
 class JobSpec:
-    """What one download fetches and where it goes; saved as the staging folder's job.json."""
+    """What one download fetches and where it goes; saved as the staging folder's manifest."""
 
     repo_id: str
     commit: str
@@ -85,8 +90,6 @@ def unfinished(models: str) -> list[JobSpec]:
         manifest = os.path.join(models, entry, MANIFEST)
         if entry.startswith(STAGING_PREFIX) and os.path.isfile(manifest):
             try:
-                import json
-
                 with open(manifest, encoding="utf-8") as f:
                     found.append(JobSpec.from_dict(json.load(f)))
             except (OSError, ValueError, KeyError, TypeError):
@@ -154,25 +157,46 @@ def run(hub: Hub, models: str, spec: JobSpec, downloader: FileDownloader,
         on_file: Callable[[str, bool], None] = lambda name, cached: None) -> str:
     """Download every file of `spec` into its staging folder, then move the model into place; its path."""
     staging = prepare(models, spec)
-    for f in spec.files:
-        final = resolve_inside(staging, f.name, "file")
-        if os.path.isfile(final):
-            continue  # verified in an earlier run
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        task = _task(hub, spec, f)
-        cached = _link_from_hf_cache(spec, f, final + ".part")
-        on_file(f.name, cached)
-        if cached:
-            downloader.on_bytes(f.size or 0)
-            try:
-                downloader.fetch(task, final + ".part")  # hashes the cached copy
-            except ChecksumMismatch:  # a damaged cache copy: it was deleted, so fetch the file itself
-                downloader.on_bytes(-(f.size or 0))
-                downloader.fetch(task, final + ".part")
-        else:
+    with _locked(staging, spec):
+        for f in spec.files:
+            _fetch_one(hub, spec, staging, f, downloader, on_file)
+        return finish(models, spec)
+
+
+@contextmanager
+def _locked(staging: str, spec: JobSpec):
+    """Hold the staging folder's lock (the kernel drops it when the process dies, kill -9 included)."""
+    fd = os.open(os.path.join(staging, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TargetExists(f"{spec.name} is being downloaded by another workbench process (the app or a "
+                               "command line); wait for it or cancel it there.") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _fetch_one(hub: Hub, spec: JobSpec, staging: str, f: RepoFile, downloader: FileDownloader, on_file) -> None:
+    """Bring one file into the staging folder, verified (from huggingface_hub's cache when it has it)."""
+    final = resolve_inside(staging, f.name, "file")
+    if os.path.isfile(final):
+        return  # verified in an earlier run
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    task = _task(hub, spec, f)
+    cached = _link_from_hf_cache(spec, f, final + ".part")
+    on_file(f.name, cached)
+    if cached:
+        downloader.on_bytes(f.size or 0)
+        try:
+            downloader.fetch(task, final + ".part")  # hashes the cached copy
+        except ChecksumMismatch:  # a damaged cache copy: it was deleted, so fetch the file itself
+            downloader.on_bytes(-(f.size or 0))
             downloader.fetch(task, final + ".part")
-        os.replace(final + ".part", final)
-    return finish(models, spec)
+    else:
+        downloader.fetch(task, final + ".part")
+    os.replace(final + ".part", final)
 
 
 def hf_cache_dir() -> str:
@@ -211,7 +235,8 @@ def finish(models: str, spec: JobSpec) -> str:
         os.replace(os.path.join(staging, spec.files[0].name), target)
         shutil.rmtree(staging)
     else:
-        os.unlink(os.path.join(staging, MANIFEST))
+        for own in (MANIFEST, LOCK):
+            os.unlink(os.path.join(staging, own))
         os.replace(staging, target)
     _fsync_dir(models)
     return target
