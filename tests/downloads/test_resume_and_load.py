@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.downloads.conftest import GGUF_NAME, ROOT, SAMPLE_GGUF, visible
-from workbench.downloads import job as jobs
+from workbench.downloads import staging
 from workbench.downloads.types import DONE
 
 pytestmark = pytest.mark.slow
@@ -34,7 +34,7 @@ def test_cli_lists_then_a_kill_at_half_resumes_without_fetching_the_first_half(p
     assert "Q4_1 *" in out and "fits at context 4096" in out and "download org/smol-gguf:Q4_1" in out
 
     fake_hub.faults.throttle_bps = 30 * 2**20
-    part = os.path.join(jobs.staging_dir(paths.models, GGUF_NAME), GGUF_NAME + ".part")
+    part = os.path.join(staging.staging_dir(paths.models, GGUF_NAME), GGUF_NAME + ".part")
     first = cli(paths, fake_hub, "org/smol-gguf:Q4_1")
     deadline = time.monotonic() + 60
     while not (os.path.exists(part) and os.path.getsize(part) >= SIZE // 2):

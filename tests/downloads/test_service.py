@@ -11,8 +11,8 @@ import pytest
 
 from tests.downloads.conftest import GGUF_NAME, SAMPLE_GGUF, TOKEN, tiny_folder, visible
 from workbench.detect import GPTQ, TRANSFORMERS, detect
-from workbench.downloads import job as jobs
-from workbench.downloads.errors import NoMatchingFile, NotEnoughDisk, RepoGated, RepoNotFound, TargetExists
+from workbench.downloads import staging
+from workbench.downloads.errors import NoMatchingFile, RepoGated, RepoNotFound, TargetExists
 from workbench.downloads.types import CANCELLED, DONE, FAILED, RepoFile
 from workbench.errors import PathOutsideModels, WorkbenchError
 
@@ -84,9 +84,9 @@ def test_corrupted_byte_is_refused_and_nothing_appears(service, paths, fake_hub)
     p = service.wait(service.enqueue(service.find("org/tiny"), "transformers"), 30)
     assert p.state == FAILED and "arrived corrupted" in p.message and "deleted" in p.message
     assert visible(paths.models) == []
-    staging = jobs.staging_dir(paths.models, "tiny")
-    assert not os.path.exists(os.path.join(staging, "model.safetensors"))
-    assert not os.path.exists(os.path.join(staging, "model.safetensors.part"))
+    folder = staging.staging_dir(paths.models, "tiny")
+    assert not os.path.exists(os.path.join(folder, "model.safetensors"))
+    assert not os.path.exists(os.path.join(folder, "model.safetensors.part"))
 
 
 def test_dropped_connection_resumes_where_it_broke(service, paths, fake_hub):
@@ -111,7 +111,7 @@ def test_cut_bodies_give_up_keep_bytes_and_resume(service, paths, fake_hub):
     p = service.wait(service.enqueue(listing, "transformers"), 30)
     assert p.state == FAILED and "run the download again to resume" in one_sentence(p.message)
     assert visible(paths.models) == []
-    part = os.path.join(jobs.staging_dir(paths.models, "tiny"), "model.safetensors.part")
+    part = os.path.join(staging.staging_dir(paths.models, "tiny"), "model.safetensors.part")
     assert os.path.getsize(part) == 400_000
     assert [r["name"] for r in service.unfinished()] == ["tiny"]
     fake_hub.faults.drop_at = []
@@ -133,7 +133,7 @@ def test_cancel_keeps_bytes_and_the_next_run_goes_on(service, paths, fake_hub):
     service.cancel(job)
     p = service.wait(job, 10)
     assert p.state == CANCELLED and "kept" in p.message and visible(paths.models) == []
-    kept = os.path.getsize(os.path.join(jobs.staging_dir(paths.models, "tiny"), "model.safetensors.part"))
+    kept = os.path.getsize(os.path.join(staging.staging_dir(paths.models, "tiny"), "model.safetensors.part"))
     fake_hub.faults.throttle_bps = None
     fake_hub.reset_counts()
     p = service.wait(service.enqueue(listing, "transformers"), 30)
@@ -177,10 +177,10 @@ def test_a_name_that_leaves_models_is_refused(service, paths, fake_hub, name):
 
 
 def test_a_listing_naming_files_outside_is_refused(paths):
-    spec = jobs.JobSpec("org/x", "0" * 40, "transformers", TRANSFORMERS, "x",
+    spec = staging.DownloadSpec("org/x", "0" * 40, "transformers", TRANSFORMERS, "x",
                         (RepoFile("config.json", 2), RepoFile("../../evil.safetensors", 2)))
     with pytest.raises(PathOutsideModels, match="outside models/"):
-        jobs.prepare(paths.models, spec)
+        staging.prepare(paths.models, spec)
 
 
 def test_not_enough_disk_says_how_much_is_missing(service, paths, fake_hub, monkeypatch):
@@ -266,9 +266,9 @@ def test_two_processes_never_write_one_download(service, paths, fake_hub):
 
     listing = service.find("org/tiny")
     form = listing.plans[0].form
-    spec = jobs.JobSpec.for_form(listing.repo_id, listing.commit, form)
-    staging = jobs.prepare(paths.models, spec)
-    with open(os.path.join(staging, jobs.LOCK), "w") as held:  # as the CLI holds it while it downloads
+    spec = staging.DownloadSpec.for_form(listing.repo_id, listing.commit, form)
+    folder = staging.prepare(paths.models, spec)
+    with open(os.path.join(folder, staging.LOCK), "w") as held:  # as the CLI holds it while it downloads
         fcntl.flock(held, fcntl.LOCK_EX)
         p = service.wait(service.enqueue(listing, "transformers"), 30)
         assert p.state == FAILED and "another workbench process" in p.message

@@ -2,6 +2,6 @@
 its headers alone, and download the chosen one into models/ resumably, verified and atomically.
 
 `hub.py` talks to the hub, `forms.py` groups a repo's files, `planning.py` reads remote headers
-and runs the memory planner, `downloader.py` fetches one file, `job.py` one model, `service.py`
+and runs the memory planner, `downloader.py` fetches one file, `staging.py` lays one model out on disk, `service.py`
 queues them; `cli.py` is the `download` subcommand. Imports no gradio, torch or engine.
 """

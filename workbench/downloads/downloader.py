@@ -25,8 +25,8 @@ from .hub import Hub
 from .types import RetryPolicy
 
 log = logging.getLogger(__name__)
-CHUNK = 1 << 20
 MiB = 2**20
+SYNC_EVERY = 256 * MiB
 
 
 @dataclass(frozen=True)
@@ -145,9 +145,12 @@ class FileDownloader:
                 state.hasher.update(take)
                 state.have += len(take)
                 self.on_bytes(len(take))
+                if state.have - state.synced >= SYNC_EVERY:  # kept bytes must survive a power cut, not just a kill
+                    out.flush()
+                    os.fsync(out.fileno())
+                    state.synced = state.have
                 if state.have >= task.size or self.cancel.is_set():
                     break
-
 
     def _fetch_xet(self, task: FileTask, part: str) -> bool:
         """hf_xet into `part`; True when the file arrived and verified, False to fall back to HTTP."""
@@ -155,16 +158,23 @@ class FileDownloader:
 
         from huggingface_hub.file_download import xet_get
 
+        counted = [0]
+
+        def on_bytes(n: int) -> None:
+            counted[0] += n
+            self.on_bytes(n)
+
         try:
             xet_get(incomplete_path=Path(part), xet_file_data=task.xet, headers=self.hub.headers(),
                     expected_size=task.size, displayed_filename=os.path.basename(task.name),
-                    tqdm_class=_tqdm_reporter(self.on_bytes, self.cancel))
-        except DownloadCancelled:
-            _remove(part)  # hf_xet writes out of order: these bytes cannot be resumed by Range (its chunk cache can)
-            raise
-        except Exception as e:  # noqa: BLE001 - any hf_xet problem: the HTTP path can still do it
-            log.warning("hf_xet failed for %s (%s); downloading over HTTP instead", task.name, e)
+                    tqdm_class=_tqdm_reporter(on_bytes, self.cancel))
+        except Exception as e:  # noqa: BLE001 - a cancel, or any hf_xet problem (then the HTTP path does it)
+            # hf_xet writes out of order, so its bytes cannot be resumed by Range (its own chunk cache helps).
             _remove(part)
+            self.on_bytes(-counted[0])
+            if isinstance(e, DownloadCancelled) or self.cancel.is_set():
+                raise DownloadCancelled(f"Cancelled {task.name}; run the download again to resume.") from None
+            log.warning("hf_xet failed for %s (%s); downloading over HTTP instead", task.name, e)
             return False
         hasher = _hasher(task)
         with open(part, "rb") as f:
@@ -222,6 +232,7 @@ def _tqdm_reporter(on_bytes: Callable[[int], None], cancel: threading.Event):
 class _State:
     have: int
     hasher: object
+    synced: int = 0
 
     def restart(self, out, hasher) -> None:
         out.seek(0)

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
+from ..errors import brief
 from .errors import DownloadError, HubUnreachable, NoMatchingFile, RepoGated, RepoNotFound
 from .types import RepoFile, RepoSnapshot
 
@@ -100,7 +101,7 @@ class Hub:
             return RepoNotFound(f"There is no repository {repo_id} on {self.endpoint}{hint}; check the name.")
         if status is not None:
             return HubUnreachable(f"{self.endpoint} answered HTTP {status} for {where}; try again later.")
-        return HubUnreachable(f"Could not reach {self.endpoint} ({type(e).__name__}: {str(e)[:120]}); check the "
+        return HubUnreachable(f"Could not reach {self.endpoint} ({type(e).__name__}: {brief(e, 120)}); check the "
                               "network or HF_ENDPOINT.")
 
     def _call(self, repo_id: str, what: str, fn):

@@ -20,9 +20,9 @@ from ..errors import WorkbenchError
 from ..hardware import detect_hardware
 from ..options import LoadOptions
 from ..paths import Paths
-from . import job as jobs
+from . import staging
 from .downloader import FileDownloader
-from .errors import DownloadCancelled, DownloadError
+from .errors import DownloadCancelled, TargetExists
 from .forms import pick, split_spec
 from .hub import Hub
 from .planning import list_repo, profile_hardware
@@ -62,7 +62,7 @@ class DownloadService:
         self._wake = threading.Condition(self._lock)
         self._queue: collections.deque = collections.deque()
         self._progress: dict[str, Progress] = {}
-        self._specs: dict[str, jobs.JobSpec] = {}
+        self._specs: dict[str, staging.DownloadSpec] = {}
         self._cancels: dict[str, threading.Event] = {}
         self._meters: dict[str, _Meter] = {}
         self._ids = itertools.count(1)
@@ -91,26 +91,26 @@ class DownloadService:
     def enqueue(self, listing: RepoListing, label: str, name: str | None = None) -> str:
         """Queue the form `label` of `listing` as models/<name>; its job id. Bad names are refused now."""
         form = pick([p.form for p in listing.plans], label, listing.repo_id)
-        return self.enqueue_spec(jobs.JobSpec.for_form(listing.repo_id, listing.commit, form, name or None))
+        return self.enqueue_spec(staging.DownloadSpec.for_form(listing.repo_id, listing.commit, form, name or None))
 
     def resume(self, name: str) -> str:
         """Queue an unfinished download found in models/ again; it goes on from its bytes on disk."""
-        spec = next((s for s in jobs.unfinished(self.paths.models) if s.name == name), None)
+        spec = next((s for s in staging.unfinished(self.paths.models) if s.name == name), None)
         if spec is None:
             raise WorkbenchError(f"There is no unfinished download named {name!r}; start it from the repo.")
         return self.enqueue_spec(spec)
 
-    def enqueue_spec(self, spec: jobs.JobSpec) -> str:
-        jobs.check_name(self.paths.models, spec.name)
+    def enqueue_spec(self, spec: staging.DownloadSpec) -> str:
+        staging.check_name(self.paths.models, spec.name)
         with self._lock:
             busy = [j for j, s in self._specs.items() if s.name == spec.name
                     and self._progress[j].state in (QUEUED, RUNNING)]
             if busy:
-                raise jobs.TargetExists(f"{spec.name} is already being downloaded; wait for it or cancel it.")
+                raise TargetExists(f"{spec.name} is already being downloaded; wait for it or cancel it.")
             job_id = f"d{next(self._ids)}"
             self._specs[job_id] = spec
             self._cancels[job_id] = threading.Event()
-            done = jobs.bytes_on_disk(self.paths.models, spec)
+            done = staging.bytes_on_disk(self.paths.models, spec)
             self._progress[job_id] = Progress(job_id, spec.repo_id, spec.label, spec.name, QUEUED, done,
                                               spec.total_bytes, resumed_bytes=done, message="waiting")
             self._queue.append(job_id)
@@ -135,7 +135,7 @@ class DownloadService:
         with self._lock:
             if any(s.name == name and self._progress[j].state in (QUEUED, RUNNING) for j, s in self._specs.items()):
                 raise WorkbenchError(f"{name} is downloading; cancel it first.")
-            jobs.discard(self.paths.models, name)
+            staging.discard(self.paths.models, name)
 
     # --- reading ----------------------------------------------------------------------
     def progress(self, job_id: str) -> Progress:
@@ -152,10 +152,11 @@ class DownloadService:
         with self._lock:
             active = {s.name for j, s in self._specs.items() if self._progress[j].state in (QUEUED, RUNNING)}
         rows = []
-        for spec in jobs.unfinished(self.paths.models):
+        for spec in staging.unfinished(self.paths.models):
             if spec.name not in active:
                 rows.append({"name": spec.name, "repo_id": spec.repo_id, "label": spec.label,
-                             "done_bytes": jobs.bytes_on_disk(self.paths.models, spec), "total_bytes": spec.total_bytes})
+                             "done_bytes": staging.bytes_on_disk(self.paths.models, spec),
+                             "total_bytes": spec.total_bytes})
         return rows
 
     def wait(self, job_id: str, timeout: float | None = None) -> Progress:
@@ -191,11 +192,11 @@ class DownloadService:
                     return
                 job_id = self._queue.popleft()
                 spec, cancel = self._specs[job_id], self._cancels[job_id]
-                meter = self._meters[job_id] = _Meter(jobs.bytes_on_disk(self.paths.models, spec))
+                meter = self._meters[job_id] = _Meter(staging.bytes_on_disk(self.paths.models, spec))
                 self._set(job_id, state=RUNNING, message="starting", resumed_bytes=meter.done)
             self._run_one(job_id, spec, cancel, meter)
 
-    def _run_one(self, job_id: str, spec: jobs.JobSpec, cancel: threading.Event, meter: _Meter) -> None:
+    def _run_one(self, job_id: str, spec: staging.DownloadSpec, cancel: threading.Event, meter: _Meter) -> None:
         def on_retry(why: str) -> None:
             with self._lock:
                 p = self._progress[job_id]
@@ -213,7 +214,7 @@ class DownloadService:
         started = time.monotonic()
         try:
             downloader = FileDownloader(self.hub_factory(), self.policy, cancel, meter.add, on_retry)
-            path = jobs.run(downloader.hub, self.paths.models, spec, downloader, on_file)
+            path = staging.run(downloader.hub, self.paths.models, spec, downloader, on_file)
             took = time.monotonic() - started
             fetched = (meter.done - self._progress[job_id].resumed_bytes - sum(from_cache)) / 2**20
             cache = f"; {sum(from_cache) / 2**20:.1f} MiB from huggingface_hub's cache" if from_cache else ""
@@ -221,9 +222,9 @@ class DownloadService:
                                                 f"fetched in {took:.1f} s, {fetched / max(took, 1e-3):.0f} MiB/s{cache}).")
         except DownloadCancelled:
             outcome = dict(state=CANCELLED, message=f"Cancelled; {meter.done / 2**20:.0f} MiB are kept in models/"
-                                                    f"{jobs.STAGING_PREFIX}{spec.name} to resume from.")
+                                                    f"{staging.STAGING_PREFIX}{spec.name} to resume from.")
         except (WorkbenchError, OSError) as e:
-            outcome = dict(state=FAILED, message=str(e) if isinstance(e, DownloadError | WorkbenchError)
+            outcome = dict(state=FAILED, message=str(e) if isinstance(e, WorkbenchError)
                            else f"Writing to models/ failed: {e.strerror or e}; check the disk and try again.")
         except Exception as e:  # noqa: BLE001 - a bug must not kill the queue; it is reported on the job
             outcome = dict(state=FAILED, message=f"The download failed unexpectedly ({type(e).__name__}: {e}).")

@@ -34,7 +34,7 @@ GiB = 2**30
 
 
 @dataclass(frozen=True)
-class JobSpec:
+class DownloadSpec:
     """What one download fetches and where it goes; saved as the staging folder's manifest."""
 
     repo_id: str
@@ -53,7 +53,7 @@ class JobSpec:
         return sum(f.size or 0 for f in self.files)
 
     @classmethod
-    def for_form(cls, repo_id: str, commit: str, form: Form, name: str | None = None) -> "JobSpec":
+    def for_form(cls, repo_id: str, commit: str, form: Form, name: str | None = None) -> "DownloadSpec":
         return cls(repo_id, commit, form.label, form.kind, name or form.default_name, form.files)
 
     def to_dict(self) -> dict:
@@ -61,7 +61,7 @@ class JobSpec:
                 "name": self.name, "files": [f.__dict__ for f in self.files]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "JobSpec":
+    def from_dict(cls, d: dict) -> "DownloadSpec":
         files = tuple(RepoFile(**f) for f in d["files"])
         return cls(d["repo_id"], d["commit"], d["label"], d["kind"], d["name"], files)
 
@@ -81,7 +81,7 @@ def staging_dir(models: str, name: str) -> str:
     return os.path.join(models, STAGING_PREFIX + name)
 
 
-def unfinished(models: str) -> list[JobSpec]:
+def unfinished(models: str) -> list[DownloadSpec]:
     """Downloads whose staging folder is still in models/ (cancelled, failed, killed)."""
     found = []
     if not os.path.isdir(models):
@@ -91,13 +91,13 @@ def unfinished(models: str) -> list[JobSpec]:
         if entry.startswith(STAGING_PREFIX) and os.path.isfile(manifest):
             try:
                 with open(manifest, encoding="utf-8") as f:
-                    found.append(JobSpec.from_dict(json.load(f)))
+                    found.append(DownloadSpec.from_dict(json.load(f)))
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # a manifest cut short by a crash: the folder is ignored, never half-read
     return found
 
 
-def bytes_on_disk(models: str, spec: JobSpec) -> int:
+def bytes_on_disk(models: str, spec: DownloadSpec) -> int:
     """Bytes of `spec` already in its staging folder (finished files and partial ones)."""
     staging, total = staging_dir(models, spec.name), 0
     for f in spec.files:
@@ -109,7 +109,7 @@ def bytes_on_disk(models: str, spec: JobSpec) -> int:
     return total
 
 
-def check_disk(models: str, spec: JobSpec) -> None:
+def check_disk(models: str, spec: DownloadSpec) -> None:
     """Refuse, with how much is missing, when the rest of the download does not fit the free space."""
     need = max(spec.total_bytes - bytes_on_disk(models, spec), 0)
     free = shutil.disk_usage(models).free
@@ -118,7 +118,7 @@ def check_disk(models: str, spec: JobSpec) -> None:
                             f"free: free {(need - free) / GiB:.2f} GiB and start it again.")
 
 
-def prepare(models: str, spec: JobSpec) -> str:
+def prepare(models: str, spec: DownloadSpec) -> str:
     """Create (or find, for a resume) the staging folder with its manifest; return its path."""
     os.makedirs(models, exist_ok=True)
     check_name(models, spec.name)
@@ -140,7 +140,7 @@ def prepare(models: str, spec: JobSpec) -> str:
     return staging
 
 
-def _task(hub: Hub, spec: JobSpec, f: RepoFile) -> FileTask:
+def _task(hub: Hub, spec: DownloadSpec, f: RepoFile) -> FileTask:
     """The file's task with the checksum the hub gives for it (listing first, then the HEAD's etag)."""
     url = hub.url(spec.repo_id, spec.commit, f.name)
     meta = hub.file_meta(spec.repo_id, url, f.name)
@@ -153,7 +153,7 @@ def _task(hub: Hub, spec: JobSpec, f: RepoFile) -> FileTask:
     return FileTask(spec.repo_id, f.name, url, size, sha, blob, meta.xet)
 
 
-def run(hub: Hub, models: str, spec: JobSpec, downloader: FileDownloader,
+def run(hub: Hub, models: str, spec: DownloadSpec, downloader: FileDownloader,
         on_file: Callable[[str, bool], None] = lambda name, cached: None) -> str:
     """Download every file of `spec` into its staging folder, then move the model into place; its path."""
     staging = prepare(models, spec)
@@ -164,7 +164,7 @@ def run(hub: Hub, models: str, spec: JobSpec, downloader: FileDownloader,
 
 
 @contextmanager
-def _locked(staging: str, spec: JobSpec):
+def _locked(staging: str, spec: DownloadSpec):
     """Hold the staging folder's lock (the kernel drops it when the process dies, kill -9 included)."""
     fd = os.open(os.path.join(staging, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -178,7 +178,7 @@ def _locked(staging: str, spec: JobSpec):
         os.close(fd)
 
 
-def _fetch_one(hub: Hub, spec: JobSpec, staging: str, f: RepoFile, downloader: FileDownloader, on_file) -> None:
+def _fetch_one(hub: Hub, spec: DownloadSpec, staging: str, f: RepoFile, downloader: FileDownloader, on_file) -> None:
     """Bring one file into the staging folder, verified (from huggingface_hub's cache when it has it)."""
     final = resolve_inside(staging, f.name, "file")
     if os.path.isfile(final):
@@ -208,7 +208,7 @@ def hf_cache_dir() -> str:
     return os.path.join(home, "hub")
 
 
-def _link_from_hf_cache(spec: JobSpec, f: RepoFile, part: str) -> bool:
+def _link_from_hf_cache(spec: DownloadSpec, f: RepoFile, part: str) -> bool:
     """Put the copy huggingface_hub already has of this file (same commit, same size) at `part`; True if so."""
     from huggingface_hub import try_to_load_from_cache
 
@@ -227,7 +227,7 @@ def _link_from_hf_cache(spec: JobSpec, f: RepoFile, part: str) -> bool:
     return True
 
 
-def finish(models: str, spec: JobSpec) -> str:
+def finish(models: str, spec: DownloadSpec) -> str:
     """The one rename that makes the model visible in models/."""
     staging = staging_dir(models, spec.name)
     target = check_name(models, spec.name)
