@@ -51,7 +51,7 @@ def test_cli_lists_then_a_kill_at_half_resumes_without_fetching_the_first_half(p
     second = cli(paths, fake_hub, "org/smol-gguf:Q4_1")
     out, err = second.communicate(timeout=120)
     assert second.returncode == 0, err
-    assert out.strip() == os.path.join(paths.models, GGUF_NAME) and "resumed from" in err
+    assert out.strip() == os.path.join(paths.models, GGUF_NAME) and "already on disk" in err
     served = fake_hub.bytes_served(GGUF_NAME)
     header = 2 << 20  # the plan reads the header again
     assert SIZE - kept <= served <= SIZE - kept + header, (served, kept, SIZE)

@@ -59,8 +59,10 @@ def print_listing(listing: RepoListing, out=sys.stdout) -> None:
     if listing.recommended:
         print(f"* recommended: the largest that fits; get it with: python -m workbench download "
               f"{listing.repo_id}:{listing.recommended}", file=out)
-    else:
+    elif any(p.fits is False for p in listing.plans):
         print("No form fits at this context; try --n-ctx 0, a smaller context or another profile.", file=out)
+    else:
+        print("No form here could be planned (see the fit column); you can still download one.", file=out)
 
 
 def _progress_line(p) -> str:
@@ -121,14 +123,13 @@ def _follow(service, job: str, as_json: bool) -> int:
         while True:
             p = service.wait(job, 0.5)
             ended = p.state not in ("queued", "running")
-            if ended or time.monotonic() - last >= (0.5 if tty else 2.0):
+            if as_json and (ended or time.monotonic() - last >= 1.0):
+                print(json.dumps(p.to_dict()), flush=True)
                 last = time.monotonic()
-                if as_json:
-                    print(json.dumps(p.to_dict()), flush=True)
-                elif tty:
-                    print("\r" + _progress_line(p).ljust(79), end="", file=sys.stderr, flush=True)
-                else:
-                    print(_progress_line(p), file=sys.stderr, flush=True)
+            elif not ended and time.monotonic() - last >= (0.5 if tty else 2.0):
+                print(("\r" if tty else "") + _progress_line(p).ljust(79 if tty else 0), end="" if tty else "\n",
+                      file=sys.stderr, flush=True)
+                last = time.monotonic()
             if ended:
                 break
     except KeyboardInterrupt:
@@ -137,6 +138,8 @@ def _follow(service, job: str, as_json: bool) -> int:
     if tty:
         print(file=sys.stderr)
     if p.state == DONE:
+        if not as_json:
+            print(p.message, file=sys.stderr)
         print(os.path.join(service.paths.models, p.name))
         return 0
     print(("" if p.state == CANCELLED else "error: ") + p.message, file=sys.stderr)

@@ -218,6 +218,8 @@ class DownloadService:
             took = time.monotonic() - started
             fetched = (meter.done - self._progress[job_id].resumed_bytes - sum(from_cache)) / 2**20
             cache = f"; {sum(from_cache) / 2**20:.1f} MiB from huggingface_hub's cache" if from_cache else ""
+            kept = self._progress[job_id].resumed_bytes
+            cache += f"; resumed: {kept / 2**20:.1f} MiB were already on disk" if kept else ""
             outcome = dict(state=DONE, message=f"{os.path.basename(path)} is ready in models/ ({fetched:.1f} MiB "
                                                 f"fetched in {took:.1f} s, {fetched / max(took, 1e-3):.0f} MiB/s{cache}).")
         except DownloadCancelled:

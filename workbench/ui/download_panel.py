@@ -58,8 +58,10 @@ def listing_summary(listing: RepoListing) -> str:
             f"(not the {_size(planned)} of weights).")
     if listing.recommended:
         text += f" Recommended: **{listing.recommended}**, the largest that fits."
-    else:
+    elif any(p.fits is False for p in listing.plans):
         text += " Nothing fits at this context: try a smaller one, or 0 for the largest that fits."
+    else:
+        text += " No form here could be planned (see the fit column); you can still download one."
     return text
 
 
