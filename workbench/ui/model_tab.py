@@ -14,7 +14,9 @@ from ..model_values import ModelEntry, ModelStatus
 from ..options import LoadOptions
 from ..plan import MemoryPlan, plan_table
 from ..profiles import ProfileStore
+from ..downloads.service import DownloadService
 from ..services.model_service import ModelService
+from .download_panel import build_download_panel
 from .load_form import build_load_form, options_from_values, values_from_options, visible_for
 from .user_errors import shows_errors
 
@@ -86,10 +88,10 @@ def plan_view(models: ModelService, name: str | None, loader: str, values) -> tu
 
 
 def build_model_tab(models: ModelService, profiles: ProfileStore, defaults: LoadOptions, page: gr.Blocks,
-                    default_loader: str = "auto") -> None:
+                    default_loader: str = "auto", downloads: DownloadService | None = None) -> None:
     """The tab. Lists (models, profiles) and the status fill in on `page` load, not when the tab is built:
     the page shell is served before login, so it must hold no names from the disk."""
-    with gr.Tab("Model"):
+    with gr.Tab("Model") as tab:
         with gr.Row():
             model_name = gr.Dropdown([], value=None, allow_custom_value=True,
                                      label="Model (from models/)", scale=4, elem_id="model-name")
@@ -183,3 +185,5 @@ def build_model_tab(models: ModelService, profiles: ProfileStore, defaults: Load
     page.load(on_page_load, None, [model_name, table, profile, status], api_visibility="private")
     refresh_timer.tick(lambda: format_status(models.status()), None, status, show_progress="hidden",
                        api_visibility="private")
+    with tab:  # the Get models panel, under the load controls
+        build_download_panel(downloads or DownloadService(models.paths, profiles), models, page)
