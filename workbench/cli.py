@@ -202,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_training import add_training_commands
 
     add_training_commands(sub)
+
+    from .downloads.cli import add_download_command
+
+    add_download_command(sub)
     return p
 
 
