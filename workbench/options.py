@@ -69,8 +69,8 @@ class LoadOptions:
         for name in ("max_vram_gib", "max_ram_gib"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and 0 < value <= MAX_CAP_GIB):
-                raise WorkbenchError(f"{name} must be a number of GiB between 0 and {MAX_CAP_GIB:,} "
-                                     "(0 or empty means no cap).")
+                raise WorkbenchError(f"{name} must be a positive number of GiB, at most {MAX_CAP_GIB:,} "
+                                     "(empty means no cap).")
         return self
 
     def to_dict(self) -> dict:

@@ -36,8 +36,8 @@ def check_base_model(path: str) -> None:
     name = os.path.basename(path)
     if detection.format == GGUF:
         raise TrainSetupError(
-            f"{name} is a GGUF file, which LoRA cannot train; make a Transformers copy first (Training tab: "
-            f"Make a Transformers copy, or `python -m workbench convert {name} --to transformers`) and train that."
+            f"{name} is a GGUF file; make a Transformers copy first (Training tab: Make a Transformers copy, "
+            f"or `python -m workbench convert {name} --to transformers`) and train that."
         )
     raise TrainSetupError(f"{name} is a {detection.format} model, which LoRA cannot train; "
                           "train a Transformers model folder instead.")
