@@ -10,7 +10,7 @@ from workbench.hardware import GPU, Hardware, detect_hardware
 from workbench.options import GenerationRequest, GenParams, LoadOptions
 from workbench.paths import Paths
 from workbench.backends.registry import default_registry
-from workbench.plan import MiB, GiB, PlanRefused, check_plan, make_plan
+from workbench.plan import MiB, GiB, PlanRefused, check_plan, make_plan, refusal
 from workbench.services.model_service import ModelService
 
 BACKENDS = default_registry()
@@ -29,26 +29,26 @@ def test_hardware_detection_works_without_a_gpu():
 
 def test_llama_plan_grows_with_context_by_the_kv_cache(sample_gguf):
     d = detect(sample_gguf)
-    small = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(n_ctx=512), CPU_BOX).device("cpu")
-    big = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(n_ctx=8192), CPU_BOX).device("cpu")
+    small = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(parallel=1, n_ctx=512), CPU_BOX).device("cpu")
+    big = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(parallel=1, n_ctx=8192), CPU_BOX).device("cpu")
     # 30 layers x (3 KV heads x 64) x K+V x f16 = 23,040 bytes per token
     assert small.kv_cache == 30 * 192 * 2 * 2 * 512
     assert big.kv_cache == 16 * small.kv_cache
     assert 90 * MiB < small.weights < 100 * MiB  # the Q4_1 tensors
-    q8 = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(n_ctx=8192, cache_type="q8_0", flash_attn=True), CPU_BOX)
+    q8 = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(parallel=1, n_ctx=8192, cache_type="q8_0", flash_attn=True), CPU_BOX)
     assert q8.device("cpu").kv_cache < big.kv_cache * 0.55
 
 
 def test_a_context_past_the_trained_one_is_allowed_with_a_warning(sample_gguf):
     d = detect(sample_gguf)
     assert d.context_length == 8192
-    long = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(n_ctx=16384), CPU_BOX)
+    long = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(parallel=1, n_ctx=16384), CPU_BOX)
     assert long.n_ctx == 16384 and "trained on a context of 8192 tokens" in " ".join(long.notes)
-    assert not any("trained on" in n for n in make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(n_ctx=8192), CPU_BOX).notes)
+    assert not any("trained on" in n for n in make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(parallel=1, n_ctx=8192), CPU_BOX).notes)
 
 
 def test_impossible_llama_load_is_refused_with_numbers_and_a_fix(sample_gguf):
-    plan = make_plan(detect(sample_gguf), BACKENDS.get("llama.cpp"), LoadOptions(n_ctx=8192, max_ram_gib=0.25), CPU_BOX)
+    plan = make_plan(detect(sample_gguf), BACKENDS.get("llama.cpp"), LoadOptions(parallel=1, n_ctx=8192, max_ram_gib=0.25), CPU_BOX)
     assert not plan.fits
     with pytest.raises(PlanRefused) as e:
         check_plan(plan)
@@ -56,8 +56,8 @@ def test_impossible_llama_load_is_refused_with_numbers_and_a_fix(sample_gguf):
     need = plan.device("cpu").model_bytes / GiB
     assert f"needs {need:.2f} GiB RAM, cap is 0.25 GiB" in msg
     assert f"lower context to {plan.max_n_ctx}" in msg and "raise the cap" in msg
-    assert make_plan(detect(sample_gguf), BACKENDS.get("llama.cpp"), LoadOptions(n_ctx=plan.max_n_ctx, max_ram_gib=0.25), CPU_BOX).fits
-    no_flash = make_plan(detect(sample_gguf), BACKENDS.get("llama.cpp"), LoadOptions(n_ctx=8192, flash_attn=False), CPU_BOX)
+    assert make_plan(detect(sample_gguf), BACKENDS.get("llama.cpp"), LoadOptions(parallel=1, n_ctx=plan.max_n_ctx, max_ram_gib=0.25), CPU_BOX).fits
+    no_flash = make_plan(detect(sample_gguf), BACKENDS.get("llama.cpp"), LoadOptions(parallel=1, n_ctx=8192, flash_attn=False), CPU_BOX)
     assert no_flash.device("cpu").compute > 2 * plan.device("cpu").compute  # the full KQ matrix
 
 
@@ -70,19 +70,19 @@ def test_service_refuses_before_starting_a_worker(sample_gguf, workbench_root):
 
 def test_gpu_auto_layers_fill_the_vram_cap(sample_gguf):
     d = detect(sample_gguf)
-    full = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(n_ctx=4096), GPU_BOX)
+    full = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(parallel=1, n_ctx=4096), GPU_BOX)
     assert full.n_gpu_layers == 31 and full.device("cuda:0").layers == 30  # all layers plus the output head
-    capped = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(n_ctx=4096, max_vram_gib=0.12), GPU_BOX)
+    capped = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(parallel=1, n_ctx=4096, max_vram_gib=0.12), GPU_BOX)
     gpu, cpu = capped.device("cuda:0"), capped.device("cpu")
     assert 0 < gpu.layers < 30 and gpu.layers + cpu.layers == 30
     assert gpu.model_bytes <= 0.12 * GiB
-    forced = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(n_ctx=4096, n_gpu_layers=31, max_vram_gib=0.1), GPU_BOX)
+    forced = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(parallel=1, n_ctx=4096, n_gpu_layers=31, max_vram_gib=0.1), GPU_BOX)
     assert not forced.fits and "VRAM on cuda:0" in forced.problems[0]
 
 
 def test_transformers_plan_splits_gpu_cpu_disk(sample_transformers):
     d = detect(sample_transformers)
-    plan = make_plan(d, BACKENDS.get("transformers"), LoadOptions(n_ctx=2048, max_vram_gib=0.2, max_ram_gib=0.05), GPU_BOX)
+    plan = make_plan(d, BACKENDS.get("transformers"), LoadOptions(parallel=1, n_ctx=2048, max_vram_gib=0.2, max_ram_gib=0.05), GPU_BOX)
     layers = {dev.device: dev.layers for dev in plan.devices}
     assert layers["cuda:0"] > 0 and layers["cpu"] > 0 and layers.get("disk", 0) > 0
     assert sum(layers.values()) == 30
@@ -122,10 +122,10 @@ def test_memory_is_recorded_beside_the_plan(sample_gguf, workbench_root):
 
 def test_auto_context_is_the_largest_that_fits(sample_gguf, workbench_root):
     d = detect(sample_gguf)
-    refused = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(n_ctx=8192, max_ram_gib=0.25), CPU_BOX)
-    auto = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(n_ctx=0, max_ram_gib=0.25), CPU_BOX)
+    refused = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(parallel=1, n_ctx=8192, max_ram_gib=0.25), CPU_BOX)
+    auto = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(parallel=1, n_ctx=0, max_ram_gib=0.25), CPU_BOX)
     assert auto.fits and auto.n_ctx == refused.max_n_ctx and "largest that fits" in auto.notes[-1]
-    unlimited = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(n_ctx=0), CPU_BOX)
+    unlimited = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(parallel=1, n_ctx=0), CPU_BOX)
     assert unlimited.n_ctx == 8192 and "maximum" in unlimited.notes[-1]
     service = ModelService(Paths(str(workbench_root)))
     try:
@@ -145,3 +145,20 @@ def test_a_refused_load_keeps_the_loaded_model(sample_gguf, workbench_root):
         assert service.worker_pid() == pid and service.status().loaded
     finally:
         service.close()
+
+
+def test_parallel_slots_multiply_the_kv_cache_and_auto_takes_what_fits(sample_gguf):
+    d = detect(sample_gguf)
+    one = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(n_ctx=4096, parallel=1), CPU_BOX)
+    four = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(n_ctx=4096, parallel=4), CPU_BOX)
+    assert four.device("cpu").kv_cache == 4 * one.device("cpu").kv_cache and four.parallel == 4
+    auto = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(n_ctx=4096), CPU_BOX)
+    assert auto.parallel == 4  # plenty of memory: the default four slots
+    tight_cap = (one.device("cpu").model_bytes + one.device("cpu").kv_cache) / GiB  # room for two slots
+    tight = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(n_ctx=4096, max_ram_gib=tight_cap), CPU_BOX)
+    assert tight.fits and tight.parallel == 2
+    refused = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(n_ctx=4096, parallel=8, max_ram_gib=tight_cap),
+                        CPU_BOX)
+    assert not refused.fits and "lower parallel requests below 8" in refusal(refused)
+    transformers = make_plan(d, BACKENDS.get("transformers"), LoadOptions(n_ctx=2048, parallel=4), CPU_BOX)
+    assert transformers.parallel == 1  # a backend that does not batch gets one slot

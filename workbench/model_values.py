@@ -25,6 +25,13 @@ class GenerationStats:
     ttft_s: float = 0.0         # time to the first token (the whole time when none came)
     total_s: float = 0.0
     tokens_per_s: float = 0.0   # tokens after the first, over the time after the first
+    draft_tokens: int = 0       # speculative decoding: tokens drafted, and how many of them were right
+    draft_accepted: int = 0
+
+    @property
+    def acceptance(self) -> float | None:
+        """Share of drafted tokens that were right (None without drafting)."""
+        return self.draft_accepted / self.draft_tokens if self.draft_tokens else None
 
     @classmethod
     def cancelled_before_start(cls) -> "GenerationStats":

@@ -16,6 +16,8 @@ KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 DEVICES = ("auto", "cpu", "cuda")
 MAX_THREADS = 4 * (os.cpu_count() or 1)  # more threads than this only slow an engine down
+MAX_PARALLEL = 64                        # sequences in one batch
+MAX_DRAFT = 16                           # prompt-lookup draft tokens per step
 MAX_CAP_GIB = 1 << 20                    # a memory cap beyond a PiB is a typing mistake
 
 
@@ -49,6 +51,9 @@ class LoadOptions:
     max_vram_gib: float | None = _opt(None, "VRAM cap in GiB; None = no cap")
     max_ram_gib: float | None = _opt(None, "RAM cap in GiB; what does not fit goes to the offload folder")
     offload_folder: str | None = _opt(None, "disk offload folder (default: user_data/offload)")
+    parallel: int = _opt(0, "requests generated at once (continuous batching), each with its own context; "
+                            "0 = as many as fit, up to 4")
+    draft_tokens: int = _opt(0, "speculative decoding: tokens drafted per step by prompt lookup; 0 = off")
     trust_pickle: bool = _opt(False, "allow pickle weights (still loaded with weights_only)")
     adapter: str | None = _opt(None, "LoRA adapter folder applied on the model (a run's adapter/)")
     weight_budget: dict | None = _opt(None, "set by the planner: weight bytes per device for placement")
@@ -60,6 +65,10 @@ class LoadOptions:
             raise WorkbenchError("Batch size must be at least 1.")
         if self.n_threads is not None and not 1 <= self.n_threads <= MAX_THREADS:
             raise WorkbenchError(f"Threads must be between 1 and {MAX_THREADS} (or empty for one per physical core).")
+        if not 0 <= self.parallel <= MAX_PARALLEL:
+            raise WorkbenchError(f"Parallel requests must be between 1 and {MAX_PARALLEL} (or 0 for automatic).")
+        if not 0 <= self.draft_tokens <= MAX_DRAFT:
+            raise WorkbenchError(f"Draft tokens must be between 0 (off) and {MAX_DRAFT}.")
         if self.cache_type not in KV_CACHE_TYPES:
             raise WorkbenchError(f"KV cache type {self.cache_type!r} is unknown; choose one of {', '.join(KV_CACHE_TYPES)}.")
         if self.dtype not in DTYPES:

@@ -89,6 +89,7 @@ class MemoryPlan:
     problems: list[str] = field(default_factory=list)
     max_n_ctx: int | None = None  # the largest context that fits, when the chosen one does not
     notes: list[str] = field(default_factory=list)
+    parallel: int = 1             # sequences generated at once, each with a KV cache of n_ctx tokens
 
     @property
     def fits(self) -> bool:
@@ -163,10 +164,10 @@ def _ram_cap(options: LoadOptions, hw: Hardware) -> tuple[int, str]:
 
 
 def _plan_gguf(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx: int, backend: str,
-               strategy: PlanStrategy) -> MemoryPlan:
+               strategy: PlanStrategy, slots: int) -> MemoryPlan:
     n_layers = detection.n_layers
     layer_bytes, embed_bytes, output_bytes = _gguf_layer_bytes(detection)
-    kv_layer = _kv_per_token_per_layer(detection, KV_BYTES[options.cache_type]) * n_ctx
+    kv_layer = _kv_per_token_per_layer(detection, KV_BYTES[options.cache_type]) * n_ctx * slots
     n_ubatch = min(options.n_batch, 512)
     base, kq = ((GGUF_FLASH_COMPUTE_BASE, GGUF_FLASH_KQ_BYTES) if options.flash_attn
                 else (GGUF_COMPUTE_BASE, GGUF_KQ_BYTES))
@@ -175,7 +176,7 @@ def _plan_gguf(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx: 
     cpu = DevicePlan("cpu", cap=cap, cap_source=source, runtime=strategy.runtime)
     vocab_buffers = GGUF_PER_VOCAB * (detection.vocab_size or 32000)
     gpus = _gpu_caps(options, hw)
-    plan = MemoryPlan(backend, n_ctx, 0, n_layers, devices=[cpu])
+    plan = MemoryPlan(backend, n_ctx, 0, n_layers, devices=[cpu], parallel=slots)
 
     def place(n_gpu: int) -> None:
         gpu_layers = min(n_gpu, n_layers)
@@ -217,7 +218,7 @@ def _torch_dtype_bytes(options: LoadOptions) -> int:
 
 
 def _plan_torch(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx: int, backend: str,
-                strategy: PlanStrategy) -> MemoryPlan:
+                strategy: PlanStrategy, slots: int) -> MemoryPlan:
     n_layers = detection.n_layers
     elem = _torch_dtype_bytes(options)
     emb = detection.embedding_size or 0
@@ -230,7 +231,7 @@ def _plan_torch(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx:
     else:
         weights = (detection.parameter_count or detection.size_bytes // elem) * elem
     layer_bytes = max(weights - embed_bytes, 0) // n_layers
-    kv_layer = _kv_per_token_per_layer(detection, elem) * n_ctx
+    kv_layer = _kv_per_token_per_layer(detection, elem) * n_ctx * slots
     chunk = min(options.n_batch, n_ctx)
     compute = int(TORCH_ATTN_BYTES * (detection.n_heads or 1) * chunk * n_ctx
                   + TORCH_ACT_FACTOR * chunk * emb + 4 * (detection.vocab_size or 0) * 2)
@@ -263,7 +264,7 @@ def _plan_torch(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx:
             dev.compute += int(copy * take * layer_bytes)
             dev.compute += int(strategy.dequant_per_param * quantized_params * take / n_layers)
         remaining -= take
-    plan = MemoryPlan(backend, n_ctx, None, n_layers, devices=devices)
+    plan = MemoryPlan(backend, n_ctx, None, n_layers, devices=devices, parallel=slots)
     if remaining:
         plan.devices.append(DevicePlan("disk", weights=remaining * layer_bytes, cap=hw.disk_free_bytes,
                                        cap_source="free", layers=remaining))
@@ -295,10 +296,15 @@ def _largest_fitting(build, lo: int, hi: int) -> int | None:
 
 
 class PlannedBackend(Protocol):
-    """What the planner needs of a backend (a BackendSpec has both)."""
+    """What the planner needs of a backend (a BackendSpec has all of it)."""
 
     name: str
     planner: PlanStrategy
+
+    def uses(self, option: str) -> bool: ...
+
+
+AUTO_PARALLEL = 4  # slots the planner gives a batching backend when the user leaves it at 0 and they fit
 
 
 def make_plan(detection: Detection, backend: PlannedBackend, options: LoadOptions, hw: Hardware) -> MemoryPlan:
@@ -310,22 +316,36 @@ def make_plan(detection: Detection, backend: PlannedBackend, options: LoadOption
     strategy = backend.planner
     model_max = detection.context_length or 4096
     layout = _plan_gguf if strategy.layout == "gguf" and detection.format == GGUF else _plan_torch
+    batching = backend.uses("parallel")
 
-    def build(ctx: int) -> MemoryPlan:
-        p = layout(detection, options, hw, ctx, backend.name, strategy)
+    def build(ctx: int, slots: int) -> MemoryPlan:
+        p = layout(detection, options, hw, ctx, backend.name, strategy, slots)
         _check(p)
         return p
 
+    slots = (options.parallel or 1) if batching else 1
     if options.n_ctx == 0:
-        chosen = _largest_fitting(build, 256, model_max)
-        plan = build(chosen or 256)
-        plan.notes.append(f"Auto context: {plan.n_ctx} tokens" + (" (the model's maximum)." if chosen == model_max
-                                                                   else ", the largest that fits."))
+        chosen = _largest_fitting(lambda ctx: build(ctx, slots), 256, model_max)
+        n_ctx = chosen or 256
+        note = f"Auto context: {n_ctx} tokens" + (" (the model's maximum)." if chosen == model_max
+                                                  else ", the largest that fits.")
+    else:
+        n_ctx = options.n_ctx if strategy.context_past_model else min(options.n_ctx, model_max)
+        note = None
+    if batching and options.parallel == 0:
+        slots = next((n for n in range(AUTO_PARALLEL, 1, -1) if build(n_ctx, n).fits), 1)
+    plan = build(n_ctx, slots)
+    if note:
+        plan.notes.append(note)
+    if batching and slots > 1:
+        plan.notes.append(f"{slots} requests generate at once, each with a context of {n_ctx} tokens "
+                          f"(the KV cache holds {slots} x {n_ctx})." + (" Auto: the most that fit, up to "
+                                                                         f"{AUTO_PARALLEL}." if not options.parallel
+                                                                         else ""))
+    if options.n_ctx == 0:
         return plan
-    n_ctx = options.n_ctx if strategy.context_past_model else min(options.n_ctx, model_max)
-    plan = build(n_ctx)
     if not plan.fits:
-        plan.max_n_ctx = _largest_fitting(build, 256, n_ctx - 1)
+        plan.max_n_ctx = _largest_fitting(lambda ctx: build(ctx, slots), 256, n_ctx - 1)
     if n_ctx != options.n_ctx:
         plan.notes.append(f"Context capped at the model's maximum of {n_ctx} tokens.")
     elif detection.context_length and n_ctx > detection.context_length:
@@ -342,6 +362,8 @@ def refusal(plan: MemoryPlan) -> str:
         fixes.append(f"lower context to {plan.max_n_ctx}")
     if plan.n_gpu_layers is not None and any(d.device.startswith("cuda") and not d.fits for d in plan.devices):
         fixes.append("use fewer GPU layers")
+    if plan.parallel > 1:
+        fixes.append(f"lower parallel requests below {plan.parallel}")
     fixes.append("raise the cap" if any(d.cap_source == "cap" and not d.fits for d in plan.devices)
                  else "free memory or pick a smaller model")
     return f"This load {what}: {' or '.join(fixes)}."
@@ -356,7 +378,8 @@ def check_plan(plan: MemoryPlan) -> None:
 def plan_table(plan: MemoryPlan) -> str:
     """A plan as a small text table, one row per device."""
     lines = [f"{plan.backend}, context {plan.n_ctx}"
-             + (f", n_gpu_layers {plan.n_gpu_layers}" if plan.n_gpu_layers is not None else "")]
+             + (f", n_gpu_layers {plan.n_gpu_layers}" if plan.n_gpu_layers is not None else "")
+             + (f", {plan.parallel} parallel" if plan.parallel > 1 else "")]
     lines.append(f"{'device':8} {'layers':>6} {'weights':>9} {'KV cache':>9} {'compute':>9} {'runtime':>9} "
                  f"{'total':>9} {'cap':>9}")
     for d in plan.devices:

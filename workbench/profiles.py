@@ -30,6 +30,7 @@ _LOAD_TYPES = {
     "n_ctx": (int,), "n_gpu_layers": (int, type(None)), "n_batch": (int,), "n_threads": (int, type(None)),
     "use_mmap": (bool,), "use_mlock": (bool,), "flash_attn": (bool,), "cache_type": (str,), "dtype": (str,),
     "device": (str,), "max_vram_gib": _NUMBER_OR_NONE, "max_ram_gib": _NUMBER_OR_NONE,
+    "parallel": (int,), "draft_tokens": (int,),
 }
 
 

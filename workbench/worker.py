@@ -1,29 +1,37 @@
-"""The model worker process: one loaded model per process, tokens streamed over a pipe.
+"""The model worker process: one loaded model per process, many requests over one pipe.
 
-`ModelWorker` (used in the app process) spawns `_worker_main` (the child) and speaks a
-tiny message protocol with it. Why a process: a native crash in a model parser cannot
-kill the app, unloading returns every byte (the process ends), a generation can be
-cancelled, and the model's memory can be measured on its own.
+`ModelWorker` (used in the app process) spawns `_worker_main` (the child). Why a process:
+a native crash in a model parser cannot kill the app, unloading returns every byte (the
+process ends), and the model's memory can be measured on its own.
 
-Messages, parent -> child: ("load", engine, detection, options) where `engine` names the
-backend class by dotted path (so a backend registered at run time loads too), ("generate", request),
-("tokenize", text), ("memory",), ("score", text, window), ("shutdown",).
-"score" (perplexity) is answered by ("progress", done, total) messages, then ("ok", result).
-Child -> parent: ("ok", value), ("token", text), ("done", GenerationStats as a dict),
-("error", error_class_name, message).
-Cancel is a shared Event the child checks after every token, so it needs no pipe round trip.
+Every message carries a request id, so several requests are in flight at once.
+Parent -> child: ("load", rid, engine, detection, options) where `engine` names the backend
+class by dotted path (a backend registered at run time loads too); ("generate", rid,
+request); ("cancel", rid) (rid None: every request); ("tokenize", rid, text);
+("memory", rid); ("score", rid, text, window); ("shutdown",).
+Child -> parent: ("ok", rid, value); ("token", rid, text); ("done", rid, GenerationStats as a
+dict); ("progress", rid, done, total); ("error", rid, error_class_name, message).
+
+The child's scheduler (scheduler.py) runs the generations; between its steps the child
+answers the other messages, so a tokenize or a cancel never waits for a reply to end. A
+perplexity run waits until no generation is running (it uses the whole context). On the
+parent side one reader thread routes replies to their request's channel; a caller waits
+on its own channel, blocking (`generate`) or without holding a thread (`agenerate`, for
+the async API server).
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import multiprocessing as mp
 import os
+import queue
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator
 
-from .backends.base import DoneEvent
 from .detect import Detection
 from .errors import WorkbenchError, WorkerDied, brief, raise_by_name
 from .model_values import GenerationStats, WorkerMemory
@@ -33,7 +41,7 @@ if TYPE_CHECKING:
     from .backends.registry import BackendSpec
 
 _CTX = mp.get_context("spawn")
-STREAM_COALESCE_S = 0.05  # at most ~20 sends a second: smooth to read, light on a small machine
+STOP_POLL_S = 0.05  # how often a blocked reader checks its own stop request
 
 
 def _peak_rss_bytes() -> int:
@@ -51,9 +59,12 @@ def _memory() -> dict:
             "anon_bytes": info.rss - getattr(info, "shared", 0)}
 
 
-def _error_message(e: BaseException) -> tuple[str, str]:
+def error_message(e: BaseException) -> tuple[str, str]:
+    """(error class name, one sentence) for an exception raised in the worker."""
     if isinstance(e, WorkbenchError):
         return type(e).__name__, str(e)
+    if isinstance(e, MemoryError):
+        return "GenerationError", "The model worker ran out of memory; use a shorter prompt or a smaller context."
     return "GenerationError", f"The engine failed: {type(e).__name__}: {brief(e)}"
 
 
@@ -70,270 +81,317 @@ def _redirect_output(log_path: str) -> None:
     os.close(fd)
 
 
-def _stream(conn, backend, n_ctx: int, request: GenerationRequest, cancel_event) -> None:
-    """Run one generation, sending text as it comes, then the stats.
+class _Child:
+    """The child's state: the backend, its scheduler and perplexity runs waiting for an idle engine."""
 
-    A chat request with `fit_context` first loses its oldest turns that do not fit (the
-    stats say how many), here beside the tokenizer, so the caller makes one trip.
+    def __init__(self, conn):
+        self.conn = conn
+        self.backend = None
+        self.scheduler = None
+        self.scores: deque = deque()  # (rid, text, window) waiting until no generation runs
+        self.cancelled_scores: set = set()
 
-    Text made within STREAM_COALESCE_S of the last send goes out with the next send: on a
-    small machine each wake-up of the app process steals a core from the engine's threads,
-    and a screen cannot show more than a few dozen updates a second anyway. The first
-    token always goes out at once, and a model slower than that interval streams token by token.
-    """
-    cancel_event.clear()
-    started = time.perf_counter()
-    dropped = 0
-    if request.fit_context and request.messages:
-        from .context_fit import fit_to_context
+    def send(self, msg: tuple) -> None:
+        self.conn.send(msg)
 
-        request, dropped = fit_to_context(request, lambda r: len(backend.prompt_tokens(r)), n_ctx)
-    first, last_send, pending = None, 0.0, []
-    for event in backend.generate(request, cancel_event.is_set):
-        now = time.perf_counter()
-        if isinstance(event, DoneEvent):
-            if pending:
-                conn.send(("token", "".join(pending)))
-            decode_s = now - first if first is not None else 0.0
-            conn.send(("done", GenerationStats(
-                finish_reason=event.finish_reason,
-                prompt_tokens=event.prompt_tokens,
-                completion_tokens=event.completion_tokens,
-                cached_tokens=event.cached_tokens,
-                dropped_messages=dropped,
-                ttft_s=(first - started) if first is not None else now - started,
-                total_s=now - started,
-                tokens_per_s=(event.completion_tokens - 1) / decode_s if decode_s > 0 else 0.0,
-            ).to_dict()))
-            return
-        if first is None:
-            first = now
-        pending.append(event.text)
-        if now - last_send >= STREAM_COALESCE_S:
-            conn.send(("token", "".join(pending)))
-            pending.clear()
-            last_send = now
+    def handle(self, msg: tuple) -> bool:
+        """Serve one message; False on shutdown."""
+        kind, rid = msg[0], (msg[1] if len(msg) > 1 else None)
+        if kind == "shutdown":
+            return False
+        try:
+            if kind == "load":
+                self.load(rid, *msg[2:])
+            elif kind == "generate":
+                self._require()
+                self.scheduler.submit(rid, GenerationRequest.from_dict(msg[2]))
+            elif kind == "cancel":
+                if self.scheduler is not None:
+                    self.scheduler.cancel(rid)
+                self.cancelled_scores.add(rid)
+            elif kind == "tokenize":
+                self.send(("ok", rid, self._require().tokenize(msg[2])))
+            elif kind == "memory":
+                self.send(("ok", rid, _memory()))
+            elif kind == "score":
+                self._require()
+                self.scores.append((rid, msg[2], msg[3]))
+            else:
+                self.send(("error", rid, "WorkbenchError", f"Unknown worker request {kind!r}."))
+        except Exception as e:  # noqa: BLE001 - reported to the asker; the worker keeps serving
+            self.send(("error", rid, *error_message(e)))
+        return True
+
+    def _require(self):
+        if self.backend is None:
+            raise WorkbenchError("No model is loaded in this worker; load one first.")
+        return self.backend
+
+    def load(self, rid, engine: dict, detection: dict, options: dict) -> None:
+        from .backends.registry import load_backend_class
+        from .scheduler import Scheduler
+
+        started = time.perf_counter()
+        backend = load_backend_class(engine["class_path"], tuple(engine["requires"]), engine["install_hint"])()
+        load_options = LoadOptions.from_dict(options)
+        info = backend.load(Detection(**{**detection, "weight_files": tuple(detection["weight_files"])}), load_options)
+        self.backend = backend
+        self.scheduler = Scheduler(backend, info.n_ctx, max(load_options.parallel, 1), self.send,
+                                   draft_n=load_options.draft_tokens)
+        result = info.to_dict()
+        result.update(load_s=time.perf_counter() - started, memory=_memory(), slots=self.scheduler.slots)
+        self.send(("ok", rid, result))
+
+    def score_next(self) -> None:
+        """Run one waiting perplexity request (the engine is idle)."""
+        from .backends.perplexity import perplexity
+
+        rid, text, window = self.scores.popleft()
+        self.cancelled_scores.discard(rid)
+        try:
+            result = perplexity(self.backend.tokenize(text), window, self.backend.score_window,
+                                progress=lambda done, total: self.send(("progress", rid, done, total)),
+                                cancelled=lambda: self._score_cancelled(rid))
+            self.send(("ok", rid, result))
+        except Exception as e:  # noqa: BLE001
+            self.send(("error", rid, *error_message(e)))
+        finally:
+            if self.scheduler.engine is not None:
+                self.scheduler.engine.forget()  # scoring used the cache the slots remembered
+
+    def _score_cancelled(self, rid) -> bool:
+        while self.conn.poll(0):  # a cancel (or anything else) may have arrived meanwhile
+            msg = self.conn.recv()
+            if msg[0] == "cancel":
+                self.cancelled_scores.add(msg[1])
+            else:
+                self.handle(msg)
+        return rid in self.cancelled_scores or None in self.cancelled_scores
 
 
-def _worker_main(conn, cancel_event, log_path: str | None) -> None:
-    """Child process loop: serve requests until shutdown or the pipe closes."""
-    from .backends.registry import load_backend_class
+def _worker_main(conn, log_path: str | None) -> None:
+    """Child process loop: serve messages and run the scheduler until shutdown or the pipe closes."""
     from .engine_logging import quiet_engines
 
     if log_path:
         _redirect_output(log_path)
     quiet_engines()
-
-    backend, n_ctx = None, 0
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            break
-        kind = msg[0]
-        try:
-            if kind == "shutdown":
+    child = _Child(conn)
+    running = True
+    try:
+        while running:
+            busy = child.scheduler is not None and child.scheduler.busy()
+            # Idle: block for the next message. Busy: take what has arrived, then step.
+            timeout = 0 if busy or child.scores else None
+            while running and conn.poll(timeout):
+                running = child.handle(conn.recv())
+                timeout = 0
+            if not running:
                 break
-            if kind == "load":
-                _, engine, detection, options = msg
-                started = time.perf_counter()
-                backend = load_backend_class(engine["class_path"], tuple(engine["requires"]), engine["install_hint"])()
-                info = backend.load(Detection(**{**detection, "weight_files": tuple(detection["weight_files"])}),
-                                    LoadOptions.from_dict(options))
-                result = info.to_dict()
-                n_ctx = info.n_ctx
-                result["load_s"] = time.perf_counter() - started
-                result["memory"] = _memory()
-                conn.send(("ok", result))
-            elif kind == "generate":
-                _stream(conn, backend, n_ctx, GenerationRequest.from_dict(msg[1]), cancel_event)
-            elif kind == "tokenize":
-                conn.send(("ok", backend.tokenize(msg[1])))
-            elif kind == "memory":
-                conn.send(("ok", _memory()))
-            elif kind == "score":
-                from .backends.perplexity import perplexity
-
-                _, text, window = msg
-                cancel_event.clear()
-                result = perplexity(backend.tokenize(text), window, backend.score_window,
-                                    progress=lambda done, total: conn.send(("progress", done, total)),
-                                    cancelled=cancel_event.is_set)
-                conn.send(("ok", result))
-            else:
-                conn.send(("error", "WorkbenchError", f"Unknown worker request {kind!r}."))
-        except BaseException as e:  # report, keep serving: the parent decides what to do
-            if isinstance(e, KeyboardInterrupt):
-                break
-            name, message = _error_message(e)
-            try:
-                conn.send(("error", name, message))
-            except (OSError, BrokenPipeError):
-                break
-    if backend is not None:
-        backend.unload()
+            if child.scheduler is not None and child.scheduler.busy():
+                child.scheduler.run_once()
+            elif child.scores:
+                child.score_next()
+    except (EOFError, OSError, KeyboardInterrupt):
+        pass
+    if child.backend is not None:
+        child.backend.unload()
     conn.close()
 
 
-STOP_POLL_S = 0.05  # how often a waiting reader checks its own stop request
+class _Channel:
+    """The replies to one request, handed from the reader thread to a blocking or an async consumer."""
 
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None):
+        self.loop = loop
+        self.queue: queue.Queue | asyncio.Queue = asyncio.Queue() if loop else queue.Queue()
 
-class ArrivalOrderLock:
-    """A lock handed over in the order it was asked for (threading.Lock promises no order), so
-    chat users and API clients sharing one model are served first come, first served.
-
-    Ownership passes straight from the holder to the oldest waiter. A waiter must not be
-    interrupted while it waits (our callers are server threads, which never are).
-    """
-
-    def __init__(self):
-        self._mutex = threading.Lock()
-        self._waiters: deque[threading.Lock] = deque()
-        self._held = False
-
-    def __enter__(self) -> "ArrivalOrderLock":
-        with self._mutex:
-            if not self._held:
-                self._held = True
-                return self
-            turn = threading.Lock()
-            turn.acquire()
-            self._waiters.append(turn)
-        turn.acquire()  # released by the holder when it is this waiter's turn
-        return self
-
-    def __exit__(self, *exc) -> None:
-        with self._mutex:
-            if self._waiters:
-                self._waiters.popleft().release()  # still held: now by the oldest waiter
-            else:
-                self._held = False
+    def put(self, msg: tuple) -> None:
+        if self.loop is None:
+            self.queue.put(msg)
+        else:
+            try:
+                self.loop.call_soon_threadsafe(self.queue.put_nowait, msg)
+            except RuntimeError:  # the event loop closed: nobody is listening any more
+                pass
 
 
 class ModelWorker:
-    """Parent-side handle on one worker process. Calls take turns, in arrival order (ArrivalOrderLock)."""
+    """Parent-side handle on one worker process; any number of threads (or tasks) may use it at once."""
 
     def __init__(self, log_path: str | None = None):
         self.log_path = log_path  # the child's stdout/stderr go here (None: inherit the parent's)
         self._conn, child_conn = _CTX.Pipe(duplex=True)
-        self._cancel = _CTX.Event()
-        self._process = _CTX.Process(target=_worker_main, args=(child_conn, self._cancel, log_path), daemon=True)
+        self._process = _CTX.Process(target=_worker_main, args=(child_conn, log_path), daemon=True)
         self._process.start()
         child_conn.close()  # so a dead child shows up as EOF on our end
-        self._lock = ArrivalOrderLock()
+        self._ids = itertools.count(1)
+        self._channels: dict[int, _Channel] = {}
+        self._lock = threading.Lock()  # guards _channels and sends (in arrival order)
+        self._dead: str | None = None
+        self._reader = threading.Thread(target=self._read, name="worker-reader", daemon=True)
+        self._reader.start()
 
     @property
     def pid(self) -> int | None:
         return self._process.pid
 
     def alive(self) -> bool:
-        return self._process.is_alive()
+        return self._dead is None and self._process.is_alive()
 
-    def _recv(self):
-        try:
-            return self._conn.recv()
-        except (EOFError, OSError, ConnectionResetError):
-            self._process.join(timeout=5)
-            code = self._process.exitcode
-            how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-            where = f" (its log: {self.log_path})" if self.log_path else ""
-            raise WorkerDied(f"The model worker stopped unexpectedly ({how}){where}; load the model again.") from None
-
-    def _send(self, msg) -> None:
-        try:
-            self._conn.send(msg)
-        except (OSError, BrokenPipeError):
-            raise WorkerDied("The model worker is not running; load the model again.") from None
-
-    def _call(self, msg):
+    # --- the pipe ------------------------------------------------------------------
+    def _read(self) -> None:
+        while True:
+            try:
+                msg = self._conn.recv()
+            except (EOFError, OSError, ConnectionResetError):
+                break
+            with self._lock:
+                channel = self._channels.get(msg[1])
+            if channel is not None:  # replies to a request nobody waits for any more are dropped
+                channel.put(msg)
+        self._process.join(timeout=5)
+        code = self._process.exitcode
+        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        where = f" (its log: {self.log_path})" if self.log_path else ""
         with self._lock:
-            self._send(msg)
-            reply = self._recv()
-        if reply[0] == "error":
-            raise_by_name(reply[1], reply[2])
-        return reply[1]
+            self._dead = f"The model worker stopped unexpectedly ({how}){where}; load the model again."
+            channels = list(self._channels.values())
+        for channel in channels:
+            channel.put(("died", None, self._dead))
 
+    def _open(self, msg_kind: str, *args, loop: asyncio.AbstractEventLoop | None = None) -> tuple[int, _Channel]:
+        rid, channel = next(self._ids), _Channel(loop)
+        with self._lock:
+            if self._dead:
+                raise WorkerDied(self._dead)
+            self._channels[rid] = channel
+            try:
+                self._conn.send((msg_kind, rid, *args))
+            except (OSError, BrokenPipeError):
+                self._channels.pop(rid, None)
+                raise WorkerDied("The model worker is not running; load the model again.") from None
+        return rid, channel
+
+    def _close(self, rid: int) -> None:
+        with self._lock:
+            self._channels.pop(rid, None)
+
+    def _cancel(self, rid: int | None) -> None:
+        with self._lock:
+            if self._dead is None:
+                try:
+                    self._conn.send(("cancel", rid))
+                except (OSError, BrokenPipeError):
+                    pass
+
+    @staticmethod
+    def _raise(reply: tuple):
+        if reply[0] == "died":
+            raise WorkerDied(reply[2])
+        raise_by_name(reply[2], reply[3])
+
+    def _call(self, kind: str, *args, on_progress: Callable[[int, int], None] | None = None):
+        rid, channel = self._open(kind, *args)
+        try:
+            while True:
+                reply = channel.queue.get()
+                if reply[0] == "progress":
+                    if on_progress:
+                        on_progress(reply[2], reply[3])
+                    continue
+                if reply[0] == "ok":
+                    return reply[2]
+                self._raise(reply)
+        finally:
+            self._close(rid)
+
+    # --- requests ------------------------------------------------------------------
     def load(self, spec: BackendSpec, detection: Detection, options: LoadOptions) -> dict:
-        """Load in the child; returns the engine's ModelInfo as a dict plus `load_s` and `memory`."""
+        """Load in the child; returns the engine's ModelInfo as a dict plus `load_s`, `memory` and `slots`."""
         d = detection.__dict__.copy()
         d["weight_files"] = list(d["weight_files"])
         engine = {"class_path": spec.class_path, "requires": list(spec.requires), "install_hint": spec.install_hint}
-        return self._call(("load", engine, d, options.to_dict()))
+        return self._call("load", engine, d, options.to_dict())
 
     def tokenize(self, text: str) -> list[int]:
-        return self._call(("tokenize", text))
+        return self._call("tokenize", text)
 
     def memory(self) -> WorkerMemory:
-        return WorkerMemory(**self._call(("memory",)))
+        return WorkerMemory(**self._call("memory"))
 
     def perplexity(self, text: str, window: int, on_progress: Callable[[int, int], None] | None = None) -> dict:
         """Perplexity of `text` (see backends/perplexity.py); `on_progress(done, total)` per window."""
-        with self._lock:
-            self._send(("score", text, window))
-            while True:
-                reply = self._recv()
-                if reply[0] == "progress":
-                    if on_progress:
-                        on_progress(reply[1], reply[2])
-                    continue
-                if reply[0] == "error":
-                    raise_by_name(reply[1], reply[2])
-                return reply[1]
+        return self._call("score", text, window, on_progress=on_progress)
 
     def generate(self, request: GenerationRequest,
                  stop: threading.Event | None = None) -> Iterator[tuple[str, str | GenerationStats]]:
         """Yield ("token", text) as text comes (a token, or a few when they come fast), then ("done", GenerationStats).
 
-        `stop`, when set, ends this generation only (not one that runs for another caller):
-        one still waiting for the worker ends without starting.
+        `stop`, when set, ends this generation only; so does closing the generator early.
         """
-        with self._lock:
-            if stop is not None and stop.is_set():
-                yield "done", GenerationStats.cancelled_before_start()
-                return
-            self._send(("generate", request.to_dict()))
-            finished = False
-            try:
-                while True:
-                    while stop is not None and not self._conn.poll(STOP_POLL_S):
-                        if stop.is_set():
-                            self._cancel.set()  # repeated while waiting: the child clears it when it starts
-                    reply = self._recv()
-                    if stop is not None and stop.is_set():
-                        self._cancel.set()
-                    if reply[0] == "token":
-                        yield reply
-                    elif reply[0] == "done":
-                        finished = True
-                        yield "done", GenerationStats.from_dict(reply[1])
-                        return
-                    else:
-                        finished = True
-                        raise_by_name(reply[1], reply[2])
-            finally:
-                if not finished and self.alive():
-                    # The consumer stopped early: cancel and drain so the pipe stays in step.
-                    self._cancel.set()
-                    while True:
-                        reply = self._recv()
-                        if reply[0] in ("done", "error"):
-                            break
+        rid, channel = self._open("generate", request.to_dict())
+        finished, cancel_sent = False, False
+        try:
+            while True:
+                try:
+                    reply = channel.queue.get(timeout=STOP_POLL_S if stop is not None else None)
+                except queue.Empty:
+                    reply = None
+                if stop is not None and stop.is_set() and not cancel_sent:
+                    self._cancel(rid)
+                    cancel_sent = True
+                if reply is None:
+                    continue
+                if reply[0] == "token":
+                    yield "token", reply[2]
+                elif reply[0] == "done":
+                    finished = True
+                    yield "done", GenerationStats.from_dict(reply[2])
+                    return
+                else:
+                    finished = True
+                    self._raise(reply)
+        finally:
+            if not finished:
+                self._cancel(rid)  # the consumer stopped early: end this generation in the worker
+            self._close(rid)
+
+    async def agenerate(self, request: GenerationRequest) -> AsyncIterator[tuple[str, str | GenerationStats]]:
+        """`generate` for asyncio: waiting holds no thread. Closing it (a hang-up) ends this generation."""
+        rid, channel = self._open("generate", request.to_dict(), loop=asyncio.get_running_loop())
+        finished = False
+        try:
+            while True:
+                reply = await channel.queue.get()
+                if reply[0] == "token":
+                    yield "token", reply[2]
+                elif reply[0] == "done":
+                    finished = True
+                    yield "done", GenerationStats.from_dict(reply[2])
+                    return
+                else:
+                    finished = True
+                    self._raise(reply)
+        finally:
+            if not finished:
+                self._cancel(rid)
+            self._close(rid)
 
     def cancel(self) -> None:
-        """Stop the running generation, whoever asked for it, at its next token."""
-        self._cancel.set()
+        """Stop every running or waiting generation at its next token."""
+        self._cancel(None)
 
     def stop(self, timeout: float = 10.0) -> None:
         """End the process (and free its memory); kill it if it does not exit in time."""
-        self._cancel.set()
         if self._process.is_alive():
-            try:
-                self._conn.send(("shutdown",))
-            except (OSError, BrokenPipeError):
-                pass
+            with self._lock:
+                try:
+                    self._conn.send(("shutdown",))
+                except (OSError, BrokenPipeError):
+                    pass
             self._process.join(timeout)
             if self._process.is_alive():
                 self._process.kill()
                 self._process.join(5)
         self._conn.close()
-

@@ -108,26 +108,42 @@ def test_a_load_error_is_one_sentence_and_nothing_stays_loaded(root, service):
     assert service.status().loaded is None and service.worker_pid() is None
 
 
-def test_stop_ends_only_its_own_generation_and_turns_keep_arrival_order(root, service):
-    service.load(write_fake_model(root / "models", reply=" ".join(["w"] * 40), token_delay_s=0.01),
-                 options=LoadOptions(n_ctx=512))
-    stops = {name: threading.Event() for name in "abc"}
-    results, started = {}, []
+def _run_together(service, names, stops, delay=0.05):
+    results, threads = {}, []
 
     def run(name):
-        started.append(name)
-        results[name] = service.complete(chat(), stops[name])
+        results[name] = service.complete(chat(f"request {name}"), stops.get(name))
 
-    threads = []
-    for name in "abc":
+    for name in names:
         threads.append(threading.Thread(target=run, args=(name,)))
         threads[-1].start()
-        time.sleep(0.05)  # a is generating; b and c wait in line in this order
+        time.sleep(delay)  # they arrive in this order
+    return results, threads
+
+
+def test_stop_ends_only_its_own_generation_among_four(root, service):
+    service.load(write_fake_model(root / "models", reply=" ".join(["w"] * 40), token_delay_s=0.01),
+                 options=LoadOptions(n_ctx=512, parallel=4))
+    stops = {"b": threading.Event()}
+    results, threads = _run_together(service, "abcd", stops)
     stops["b"].set()
     for t in threads:
         t.join(30)
-    assert results["a"].stats.completion_tokens == 40 and results["c"].stats.completion_tokens == 40
-    assert results["b"].stats.finish_reason == "cancelled" and results["b"].stats.completion_tokens == 0
+    assert all(results[n].stats.completion_tokens == 40 for n in "acd")
+    assert results["b"].stats.finish_reason == "cancelled" and results["b"].stats.completion_tokens < 40
+
+
+def test_more_requests_than_slots_wait_in_arrival_order(root, service):
+    loaded = service.load(write_fake_model(root / "models", reply="{last_user} done", token_delay_s=0.02),
+                          options=LoadOptions(n_ctx=512, parallel=2))
+    assert loaded.plan.parallel == 2
+    results, threads = _run_together(service, "abcdef", {}, delay=0.01)
+    for t in threads:
+        t.join(30)
+    assert {n: results[n].text for n in "abcdef"} == {n: f"request {n} done" for n in "abcdef"}
+    # two at a time, first come first served: the later ones waited longer for their first token
+    waits = [results[n].stats.ttft_s for n in "abcdef"]
+    assert max(waits[:2]) < min(waits[2:4]) and max(waits[2:4]) < min(waits[4:])
 
 
 def test_a_load_leaves_the_callers_options_alone(root, service):

@@ -2,9 +2,10 @@
 /v1/completions (streaming and not) and /health.
 
 Owns the wire format only: request validation, OpenAI response and error shapes,
-Server-Sent Events, the API key check and CORS. Requests for one model queue on its
-worker (one generation at a time, in arrival order); a client that hangs up ends its
-generation at the next token, so it never holds the queue. A request can never name a
+Server-Sent Events, the API key check and CORS. Requests share the model worker's
+scheduler (several generate at once; the rest wait in arrival order) and wait without
+holding a thread, so hundreds of clients cannot starve the server; a client that hangs up
+ends its generation at the next token, so it never holds a slot. A request can never name a
 file path, load a model, or set trust_remote_code: it can only use what is loaded.
 """
 
@@ -13,16 +14,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import threading
 import time
 import uuid
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator
 
-import anyio
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from ..errors import NoModelLoaded, WorkbenchError, WorkerDied
 from ..model_values import GenerationStats
@@ -119,20 +117,28 @@ def build_api(models: ModelService, api_key: str | None = None, cors_origins: li
             raise NoModelLoaded("No model is loaded; load one in the Model tab or start with --model.")
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
-        stop = threading.Event()
+        events = models.agenerate(gen)
         if parsed.stream:
-            events = models.generate(gen, stop)
-            # Pull the first event before answering, so errors (no model, bad prompt) get a status code.
-            first = await run_in_threadpool(next, events, None)
+            # Take the first event before answering, so errors (no model, bad prompt) get a status code.
+            try:
+                first = await events.__anext__()
+            except StopAsyncIteration:
+                first = None
             return ClosingStreamingResponse(
-                _closing(_sse(first, events, rid, created, name, chat, parsed.include_usage), stop),
+                _sse(first, events, rid, created, name, chat, parsed.include_usage),
                 media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        watcher = asyncio.ensure_future(_stop_on_disconnect(request, stop))
+        watcher = asyncio.ensure_future(_close_on_disconnect(request, events))
+        pieces, stats = [], GenerationStats("cancelled")
         try:
-            completion = await run_in_threadpool(models.complete, gen, stop)
+            async for kind, value in events:
+                if kind == "token":
+                    pieces.append(value)
+                else:
+                    stats = value
         finally:
             watcher.cancel()
-        text, stats = completion.text, completion.stats
+            await events.aclose()
+        text = "".join(pieces)
         if chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": _finish(stats)}
             obj = "chat.completion"
@@ -157,17 +163,18 @@ def _usage(stats: GenerationStats) -> dict:
 DISCONNECT_POLL_S = 0.25
 
 
-async def _stop_on_disconnect(request: Request, stop: threading.Event) -> None:
-    """Set `stop` when the client of a non-streaming request hangs up."""
-    while not stop.is_set():
+async def _close_on_disconnect(request: Request, events: AsyncIterator) -> None:
+    """End a non-streaming request's generation when its client hangs up (the worker cancels it)."""
+    while True:
         if await request.is_disconnected():
-            stop.set()
+            await events.aclose()
             return
         await asyncio.sleep(DISCONNECT_POLL_S)
 
 
 class ClosingStreamingResponse(StreamingResponse):
-    """A StreamingResponse that closes its body once sent or abandoned (Starlette leaves that to the GC)."""
+    """A StreamingResponse that closes its body once sent or abandoned (Starlette leaves that to the GC),
+    which ends the generation in the worker: a client that hangs up frees its slot at the next token."""
 
     async def __call__(self, scope, receive, send):
         try:
@@ -176,23 +183,9 @@ class ClosingStreamingResponse(StreamingResponse):
             await self.body_iterator.aclose()
 
 
-async def _closing(chunks: Iterator[str], stop: threading.Event) -> AsyncIterator[str]:
-    """Stream `chunks` from a thread; when the client hangs up, end the generation and free the worker.
-
-    Left to the garbage collector, an abandoned generator keeps holding the worker (its lock
-    is taken for the whole generation), and every later request waits on it.
-    """
-    try:
-        async for chunk in iterate_in_threadpool(chunks):
-            yield chunk
-    finally:
-        stop.set()
-        with anyio.CancelScope(shield=True):  # runs while the response is being cancelled
-            await run_in_threadpool(chunks.close)
-
-
-def _sse(first, events: Iterator, rid: str, created: int, model: str, chat: bool, include_usage: bool) -> Iterator[str]:
-    """Server-Sent Events in OpenAI's chunk format, ending with `data: [DONE]`."""
+async def _sse(first, events: AsyncIterator, rid: str, created: int, model: str, chat: bool,
+               include_usage: bool) -> AsyncIterator[str]:
+    """Server-Sent Events in OpenAI's chunk format, ending with `data: [DONE]`; closing it ends the generation."""
     obj = "chat.completion.chunk" if chat else "text_completion"
 
     def chunk(delta_text: str | None, finish: str | None, role: bool = False) -> str:
@@ -218,9 +211,11 @@ def _sse(first, events: Iterator, rid: str, created: int, model: str, chat: bool
                 if include_usage:
                     yield "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": model,
                                                  "choices": [], "usage": _usage(value)}) + "\n\n"
-            event = next(events, None)
+            event = await anext(events, None)
     except WorkbenchError as e:
         yield "data: " + json.dumps({"error": {"message": str(e), "type": "server_error", "param": None,
                                                "code": None}}) + "\n\n"
+    finally:
+        await events.aclose()
     yield "data: [DONE]\n\n"
 

@@ -16,14 +16,6 @@ from ..detect import Detection
 from ..options import GenerationRequest, LoadOptions
 
 
-@dataclass(frozen=True)
-class Capabilities:
-    can_stream: bool = True
-    can_train: bool = False
-    supports_n_gpu_layers: bool = False
-    supports_memory_caps: bool = False
-
-
 @dataclass
 class ModelInfo:
     """What a backend reports after loading."""
@@ -66,20 +58,25 @@ def physical_cores() -> int:
 
 
 class Backend(ABC):
-    """One engine holding one model."""
+    """One engine holding one model.
+
+    Generation comes either from `generate()` (one request, a generator of events) or, for
+    an engine that batches, from `batch_engine()` (see llama_batch.py), which the worker's
+    scheduler drives for every request at once.
+    """
 
     name: str = ""
-    capabilities = Capabilities()
+    interleaves: bool = False  # several generate() generators may run in turn (they share no state)
 
     @abstractmethod
     def load(self, detection: Detection, options: LoadOptions) -> ModelInfo:
         """Load the detected model; raise WorkbenchError with an actionable message on failure."""
 
-    @abstractmethod
     def generate(
         self, request: GenerationRequest, cancelled: Callable[[], bool]
     ) -> Iterator[TokenEvent | DoneEvent]:
         """Yield a TokenEvent per token, then exactly one DoneEvent; check `cancelled()` every token."""
+        raise NotImplementedError(f"{self.name} generates through its batch engine.")
 
     @abstractmethod
     def tokenize(self, text: str) -> list[int]:

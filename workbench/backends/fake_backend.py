@@ -80,6 +80,7 @@ def sniff(path: str) -> Detection | None:
 
 class FakeBackend(Backend):
     name = "fake"
+    interleaves = True  # its generations share no state: several run in turn (like a batching engine)
 
     def __init__(self):
         self.script: dict = {}
@@ -164,6 +165,6 @@ class FakeBackend(Backend):
 SPEC = BackendSpec(
     "fake", "Fake (tests)", "workbench.backends.fake_backend:FakeBackend", (FORMAT,), (),
     "The fake backend needs nothing installed.", Capabilities(supports_memory_caps=True),
-    COMMON_OPTIONS | {"n_batch"}, PlanStrategy("torch", runtime=30 * MiB),
+    COMMON_OPTIONS | {"n_batch", "parallel"}, PlanStrategy("torch", runtime=30 * MiB),
     sniff="workbench.backends.fake_backend:sniff",
 )

@@ -13,13 +13,11 @@ import os
 
 from ..detect import Detection
 from ..options import LoadOptions
-from .base import Capabilities
 from .transformers_backend import TransformersBackend, resolve_dtype
 
 
 class GPTQBackend(TransformersBackend):
     name = "gptq"
-    capabilities = Capabilities(can_stream=True, can_train=False, supports_n_gpu_layers=False, supports_memory_caps=True)
 
     merge_adapter = False  # quantized weights cannot absorb a LoRA; it runs beside them
 

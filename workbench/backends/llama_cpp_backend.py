@@ -1,25 +1,22 @@
 """llama.cpp backend (llama-cpp-python) for GGUF files.
 
-Runs a lean decode loop on `Llama.generate()` (token ids in, token ids out) rather
-than `create_chat_completion`, which costs about 14% of throughput in its per-token
-bookkeeping. The chat template comes from the GGUF metadata and renders in our
-sandbox (`chat_template.py`). The KV cache of the prompt prefix that did not change
-since the last request is reused, so long chats stay fast.
+Loads the model into one llama.cpp context with a sequence per parallel slot and hands
+the worker's scheduler a `LlamaBatchEngine` (llama_batch.py): llama.cpp's own
+multi-sequence batch API, one decode for every active request, each slot reusing the KV
+cache of its last prompt's unchanged prefix. The chat template comes from the GGUF
+metadata and renders in our sandbox (`chat_template.py`).
 """
 
 from __future__ import annotations
 
-import codecs
 import os
-import random
-from typing import Callable, Iterator
 
 from ..chat_template import prompt_text
 from ..detect import Detection
-from ..errors import GenerationError, LoadError, WorkbenchError, brief
+from ..errors import LoadError, WorkbenchError, brief
 from ..options import GenerationRequest, LoadOptions
-from .base import Backend, Capabilities, DoneEvent, ModelInfo, TokenEvent, physical_cores
-from .decode_loop import common_prefix, run_decode
+from .base import Backend, ModelInfo, physical_cores
+from .llama_batch import LlamaBatchEngine
 
 # llama.cpp ggml type ids for the KV cache.
 _KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}
@@ -48,26 +45,41 @@ class _UnusedChatFormatter:
         return None
 
 
-def _construct_without_chat_handlers(llama_cpp, **kwargs):
-    import llama_cpp.llama_chat_format as chat_format
+def _construct(llama_cpp, n_seq_max: int, **kwargs):
+    """`Llama(**kwargs)` with `n_seq_max` sequences and without compiling the GGUF's chat templates.
 
-    original = chat_format.Jinja2ChatFormatter
+    llama-cpp-python has no argument for the number of sequences, so its default context
+    parameters are wrapped while the context is made (and restored right after).
+    """
+    import llama_cpp.llama_chat_format as chat_format
+    from llama_cpp import llama_cpp as lib
+
+    original_formatter, original_params = chat_format.Jinja2ChatFormatter, lib.llama_context_default_params
+
+    def params_with_sequences():
+        params = original_params()
+        params.n_seq_max = n_seq_max
+        params.kv_unified = False  # each sequence attends only to its own cells
+        return params
+
     chat_format.Jinja2ChatFormatter = _UnusedChatFormatter
+    lib.llama_context_default_params = params_with_sequences
     try:
         return llama_cpp.Llama(**kwargs)
     finally:
-        chat_format.Jinja2ChatFormatter = original
+        chat_format.Jinja2ChatFormatter = original_formatter
+        lib.llama_context_default_params = original_params
 
 
 class LlamaCppBackend(Backend):
     name = "llama.cpp"
-    capabilities = Capabilities(can_stream=True, can_train=False, supports_n_gpu_layers=True, supports_memory_caps=True)
 
     def __init__(self):
         self.llm = None
         self.template: str | None = None
         self.bos = self.eos = ""
         self.add_bos = True
+        self.engine: LlamaBatchEngine | None = None
 
     def load(self, detection: Detection, options: LoadOptions) -> ModelInfo:
         import llama_cpp
@@ -84,11 +96,13 @@ class LlamaCppBackend(Backend):
         if options.cache_type != "f16" and not options.flash_attn:
             raise WorkbenchError("A quantized KV cache needs flash attention in llama.cpp; turn flash attention on or use f16.")
         try:
-            self.llm = _construct_without_chat_handlers(
+            slots = max(options.parallel, 1)
+            self.llm = _construct(
                 llama_cpp,
+                slots,
                 model_path=detection.path,
                 n_gpu_layers=n_gpu_layers,
-                n_ctx=options.n_ctx,
+                n_ctx=options.n_ctx * slots,
                 n_batch=options.n_batch,
                 n_ubatch=min(options.n_batch, 512),
                 n_threads=n_threads,
@@ -110,11 +124,13 @@ class LlamaCppBackend(Backend):
         self.bos = self._piece(vocab.token_bos())
         self.eos = self._piece(vocab.token_eos())
         self.add_bos = bool(self.llm.metadata.get("tokenizer.ggml.add_bos_token", "true") == "true")
+        n_ctx = int(llama_cpp.llama_n_ctx_seq(self.llm._ctx.ctx))
+        self.engine = LlamaBatchEngine(self.llm, slots, n_ctx, options.n_batch)
         return ModelInfo(
             backend=self.name,
             path=detection.path,
             format=detection.format,
-            n_ctx=self.llm.n_ctx(),
+            n_ctx=n_ctx,
             device="cuda" if gpu and n_gpu_layers != 0 else "cpu",
             dtype=detection.quantization or "gguf",
             n_threads=n_threads,
@@ -139,52 +155,9 @@ class LlamaCppBackend(Backend):
             raise WorkbenchError("The prompt is empty; type something first.")
         return tokens
 
-    def generate(
-        self, request: GenerationRequest, cancelled: Callable[[], bool]
-    ) -> Iterator[TokenEvent | DoneEvent]:
-        import llama_cpp
-
-        p = request.params
-        prompt = self.prompt_tokens(request)
-        n_ctx = self.llm.n_ctx()
-        if len(prompt) >= n_ctx:
-            raise WorkbenchError(
-                f"The prompt has {len(prompt)} tokens but the context holds {n_ctx}; "
-                "shorten the conversation or load the model with a larger context."
-            )
-        budget = min(p.max_tokens, n_ctx - len(prompt))
-        self.llm.set_seed(p.seed if p.seed is not None else random.randrange(2**31))
-        vocab = self.llm._model.vocab
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        try:
-            cached = self._prefill(prompt)
-            tokens = self.llm.generate(prompt, top_k=p.top_k, top_p=p.top_p, min_p=p.min_p, temp=p.temperature,
-                                       repeat_penalty=p.repetition_penalty)
-            reason, n = yield from run_decode(
-                tokens, lambda t: llama_cpp.llama_vocab_is_eog(vocab, t),
-                lambda t: decoder.decode(self.llm.detokenize([t])), p.stop, budget, cancelled,
-                lambda: decoder.decode(b"", final=True))
-        except RuntimeError as e:
-            raise GenerationError(
-                f"llama.cpp failed while generating ({brief(e)}); try a shorter prompt or reload the model.") from e
-        yield DoneEvent(reason, len(prompt), n, cached)
-
-    def _prefill(self, prompt: list[int]) -> int:
-        """Put all but the last prompt token in the KV cache, reusing the prefix already there.
-
-        `Llama.generate` then evaluates the last token alone, every time, so a replayed prompt
-        computes exactly the same logits (same seed, same text; greedy stays greedy) whether
-        or not it was cached. Returns how many prompt tokens were reused.
-        """
-        llm = self.llm
-        keep = common_prefix(llm.input_ids[: llm.n_tokens], prompt[:-1])
-        if keep < llm.n_tokens and not llm._ctx.kv_cache_seq_rm(-1, keep, -1):
-            llm.reset()
-            keep = 0
-        llm.n_tokens = keep
-        if len(prompt) - 1 > keep:
-            llm.eval(prompt[keep:-1])
-        return keep
+    def batch_engine(self) -> LlamaBatchEngine:
+        """The scheduler runs every generation through this (continuous batching)."""
+        return self.engine
 
     def score_window(self, ids: list[int]) -> float:
         """Evaluate the window batch by batch with logits for every position."""
@@ -210,6 +183,9 @@ class LlamaCppBackend(Backend):
         return nll
 
     def unload(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
         if self.llm is not None:
             self.llm.close()
             self.llm = None

@@ -139,7 +139,8 @@ TRANSFORMERS_PLAN = PlanStrategy("torch", runtime=175 * MiB, half_copy=True)
 # quantized parameter dequantized.
 GPTQ_PLAN = PlanStrategy("torch", runtime=597 * MiB, weights_as_stored=True, dequant_per_param=1.28)
 
-_LLAMA_OPTIONS = frozenset({"n_gpu_layers", "n_batch", "use_mmap", "use_mlock", "flash_attn", "cache_type"})
+_LLAMA_OPTIONS = frozenset({"n_gpu_layers", "n_batch", "use_mmap", "use_mlock", "flash_attn", "cache_type",
+                            "parallel", "draft_tokens"})
 _TORCH_OPTIONS = frozenset({"n_batch", "dtype", "device", "max_vram_gib", "offload_folder"})
 
 BUILTIN = (

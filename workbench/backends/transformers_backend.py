@@ -18,7 +18,7 @@ from ..chat_template import prompt_text
 from ..detect import GGUF, Detection
 from ..errors import GenerationError, LoadError, WorkbenchError, brief
 from ..options import GenerationRequest, LoadOptions
-from .base import Backend, Capabilities, DoneEvent, ModelInfo, TokenEvent, physical_cores
+from .base import Backend, DoneEvent, ModelInfo, TokenEvent, physical_cores
 from .decode_loop import common_prefix, run_decode
 
 
@@ -80,7 +80,6 @@ def eos_ids(model, tokenizer) -> set[int]:
 
 class TransformersBackend(Backend):
     name = "transformers"
-    capabilities = Capabilities(can_stream=True, can_train=True, supports_n_gpu_layers=False, supports_memory_caps=True)
 
     def __init__(self):
         self.model = None

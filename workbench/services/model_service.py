@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, AsyncIterator, Iterator
 
 from ..backends.registry import BackendSpec, Registry, check_installed, default_registry
 from ..errors import NoModelLoaded, WorkbenchError, WorkerDied
@@ -117,7 +117,7 @@ class ModelService:
             self._stop_worker()
             budget = ({d.device.replace("cuda:", ""): d.weights for d in plan.devices if d.device != "disk"}
                       if asked.max_ram_gib or asked.max_vram_gib else None)
-            run_with = replace(asked, n_ctx=plan.n_ctx, weight_budget=budget,
+            run_with = replace(asked, n_ctx=plan.n_ctx, parallel=plan.parallel, weight_budget=budget,
                                offload_folder=asked.offload_folder or self.paths.offload)
             worker = ModelWorker(log_path=os.path.join(self.paths.user_data, "logs", f"worker-{self.slot}.log"))
             try:
@@ -186,6 +186,17 @@ class ModelService:
         worker = self._require_worker()
         try:
             yield from worker.generate(request, stop)
+        except WorkerDied:
+            self._forget_dead(worker)
+            raise
+
+    async def agenerate(self, request: GenerationRequest) -> AsyncIterator[tuple[str, str | GenerationStats]]:
+        """`generate` for asyncio callers (the API server): waiting for a turn holds no thread."""
+        request.params.validate()
+        worker = self._require_worker()
+        try:
+            async for event in worker.agenerate(request):
+                yield event
         except WorkerDied:
             self._forget_dead(worker)
             raise

@@ -33,12 +33,16 @@ _WIDGETS = {
     "device": ("Device", lambda v, label, info: gr.Dropdown(list(DEVICES), value=v, label=label)),
     "max_ram_gib": ("RAM cap (GiB)", lambda v, label, info: gr.Number(v, label=label, info="0 = none; " + info)),
     "max_vram_gib": ("VRAM cap (GiB)", lambda v, label, info: gr.Number(v, label=label, info="0 = none")),
+    "parallel": ("Parallel requests", lambda v, label, info: gr.Number(
+        v, precision=0, minimum=0, label=label, info="at once, each with its own context; 0 = as many as fit (up to 4)")),
+    "draft_tokens": ("Draft tokens", lambda v, label, info: gr.Number(
+        v, precision=0, minimum=0, label=label, info="speculative decoding by prompt lookup; 0 = off")),
 }
-ROWS = (("n_ctx", "n_batch", "n_threads"), ("n_gpu_layers", "cache_type", "flash_attn", "use_mmap", "use_mlock"),
+ROWS = (("n_ctx", "n_batch", "n_threads", "parallel", "draft_tokens"), ("n_gpu_layers", "cache_type", "flash_attn", "use_mmap", "use_mlock"),
         ("dtype", "device", "max_ram_gib", "max_vram_gib"))
 # The order the load_model / plan / save_profile API endpoints take the values in (kept stable for clients).
 FORM_FIELDS = ["n_ctx", "n_gpu_layers", "n_batch", "n_threads", "cache_type", "flash_attn", "use_mmap", "use_mlock",
-               "dtype", "device", "max_ram_gib", "max_vram_gib"]
+               "dtype", "device", "max_ram_gib", "max_vram_gib", "parallel", "draft_tokens"]
 _HELP = {f.name: f.metadata["help"] for f in fields(LoadOptions)}
 
 
@@ -59,8 +63,8 @@ def _parsed(name: str, value):
         return int(value) if value else None
     if name in ("max_ram_gib", "max_vram_gib"):
         return float(value) if value else None
-    if name in ("n_ctx", "n_batch"):
-        return int(value)
+    if name in ("n_ctx", "n_batch", "parallel", "draft_tokens"):
+        return int(value or 0)
     if name in ("flash_attn", "use_mmap", "use_mlock"):
         return bool(value)
     return value

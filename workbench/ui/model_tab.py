@@ -54,6 +54,8 @@ def format_status(status: ModelStatus) -> str:
     vram = m.plan.vram_total()
     gpu = f", {vram / MiB:.0f} MiB VRAM planned" if vram else ""
     context = f"context {m.n_ctx}" + (" (auto: the largest that fits)" if m.options.n_ctx == 0 else "")
+    if m.plan.parallel > 1:
+        context += f", {m.plan.parallel} requests at once"
     return (f"**Loaded** `{m.name}` with **{m.backend}** on {m.device} ({m.dtype}), {context}, "
             f"{m.n_threads} threads, in {m.load_s:.1f} s.  \nRAM of the worker (pid {m.worker_pid}): "
             f"**{rss / MiB:.0f} MiB now**, planned {m.plan.ram_total() / MiB:.0f} MiB at a full context{gpu}.  \n{app}")

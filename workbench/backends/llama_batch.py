@@ -1,0 +1,198 @@
+"""Several sequences in one llama.cpp context: slots, their samplers and KV cache, one decode per step.
+
+Owns llama.cpp's multi-sequence batch API as the worker's scheduler uses it (see
+`BatchEngine` in base.py): each slot is a llama.cpp sequence id with its own KV cells,
+its own sampler chain (penalties, top-k, top-p, min-p, temperature, then a seeded draw or
+greedy) and the token ids its cache holds, so a new request takes the free slot whose
+cache shares the longest prefix with its prompt and computes only the rest. One
+`llama_decode` advances every active sequence by a token (continuous batching, as
+llama.cpp's own server does). Optional prompt-lookup drafting (speculative decoding): a
+slot proposes the tokens that followed the last n-gram the last time it occurred, they
+are checked in the same decode, and the accepted ones cost no extra step. The sampler
+draws at each position in order, so the text is the same with and without drafting.
+It does not own stop strings, budgets, cancel or timing: the scheduler does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import GenerationError
+from ..options import GenParams
+from .decode_loop import common_prefix
+
+PENALTY_LAST_N = 64  # tokens the repetition penalty looks back over (llama-cpp-python's default)
+
+
+@dataclass
+class Slot:
+    seq: int                                   # llama.cpp sequence id
+    ids: list[int] = field(default_factory=list)  # token ids whose KV this sequence holds
+    sampler: object | None = None              # llama_cpp._internals.LlamaSampler while busy
+    last: int | None = None                    # sampled, not yet in the KV cache
+    busy: bool = False
+    draft_n: int = 0                           # prompt-lookup draft length (0 = off)
+    drafted: int = 0                           # draft tokens proposed / accepted, for the stats
+    accepted: int = 0
+
+
+def lookup_draft(ids: list[int], n: int, ngram: int = 3) -> list[int]:
+    """Up to `n` tokens that followed the latest earlier occurrence of the last `ngram` tokens of `ids`."""
+    if n <= 0 or len(ids) <= ngram:
+        return []
+    tail = ids[-ngram:]
+    for start in range(len(ids) - ngram - 1, -1, -1):
+        if ids[start:start + ngram] == tail:
+            follow = ids[start + ngram:start + ngram + n]
+            return follow
+    return []
+
+
+class LlamaBatchEngine:
+    """`n_slots` sequences of up to `n_ctx` tokens each in one llama.cpp context."""
+
+    def __init__(self, llm, n_slots: int, n_ctx: int, n_batch: int):
+        import llama_cpp
+
+        self.llm, self.n_ctx, self.n_batch = llm, n_ctx, n_batch
+        self.ctx = llm._ctx.ctx
+        self.vocab = llm._model.vocab
+        self.n_vocab = llm.n_vocab()
+        self.mem = llama_cpp.llama_get_memory(self.ctx)
+        self.slots = [Slot(i) for i in range(n_slots)]
+        self.capacity = max(n_batch, n_slots * 8)
+        self.batch = llama_cpp.llama_batch_init(self.capacity, 0, 1)
+
+    # --- slots ---------------------------------------------------------------------
+    def free_slot(self, prompt: list[int]) -> int | None:
+        """The free slot whose cache shares the longest prefix with `prompt` (None when all are busy)."""
+        free = [s for s in self.slots if not s.busy]
+        if not free:
+            return None
+        return max(free, key=lambda s: common_prefix(s.ids, prompt)).seq
+
+    def start(self, seq: int, prompt: list[int], params: GenParams, seed: int, draft_n: int = 0) -> tuple[int, int]:
+        """Prefill `prompt` into slot `seq` (reusing its cached prefix) and sample the first token.
+
+        Returns (the first token, prompt tokens reused from the cache).
+        """
+        import llama_cpp
+
+        slot = self.slots[seq]
+        slot.busy, slot.draft_n, slot.drafted, slot.accepted = True, draft_n, 0, 0
+        # Keep at least the last prompt token to compute, so its logits exist.
+        keep = min(common_prefix(slot.ids, prompt), len(prompt) - 1)
+        if not llama_cpp.llama_memory_seq_rm(self.mem, seq, keep, -1):
+            llama_cpp.llama_memory_seq_rm(self.mem, seq, -1, -1)
+            keep = 0
+        slot.ids = slot.ids[:keep]
+        slot.sampler = self._sampler(params, seed, prompt)
+        pending = prompt[keep:]
+        for i in range(0, len(pending), self.n_batch):
+            chunk = pending[i:i + self.n_batch]
+            self._fill([(seq, len(slot.ids) + j, t, j == len(chunk) - 1 and i + len(chunk) == len(pending))
+                        for j, t in enumerate(chunk)])
+            self._decode()
+            slot.ids.extend(chunk)
+        token = slot.sampler.sample(self.llm._ctx, self.batch.n_tokens - 1)
+        slot.last = token
+        return token, keep
+
+    def step(self, seqs: list[int]) -> dict[int, list[int]]:
+        """Feed each slot's last token (and its draft), decode once; the new tokens of each slot, in order."""
+        rows, plans = [], {}
+        for seq in seqs:
+            slot = self.slots[seq]
+            draft = lookup_draft(slot.ids + [slot.last], slot.draft_n)
+            draft = draft[:max(0, self.n_ctx - len(slot.ids) - 2)]
+            start = len(rows)
+            feed = [slot.last, *draft]
+            rows += [(seq, len(slot.ids) + j, t, True) for j, t in enumerate(feed)]
+            plans[seq] = (start, feed)
+        self._fill(rows)
+        self._decode()
+        out = {}
+        for seq, (start, feed) in plans.items():
+            slot = self.slots[seq]
+            made = []
+            for j, fed in enumerate(feed):
+                token = slot.sampler.sample(self.llm._ctx, start + j)
+                made.append(token)
+                if j + 1 < len(feed) and token != feed[j + 1]:
+                    break  # the draft went wrong here: `token` is the correct next one
+            slot.drafted += len(feed) - 1
+            slot.accepted += len(made) - 1
+            # In the cache now: the fed tokens up to the last accepted one.
+            slot.ids.extend(feed[:len(made)])
+            if len(made) < len(feed):
+                import llama_cpp
+
+                llama_cpp.llama_memory_seq_rm(self.mem, seq, len(slot.ids), -1)
+            slot.last = made[-1]
+            out[seq] = made
+        return out
+
+    def release(self, seq: int) -> None:
+        """The sequence ended; its KV stays for the next request with the same prefix."""
+        slot = self.slots[seq]
+        if slot.sampler is not None:
+            slot.sampler.close()
+        slot.sampler, slot.last, slot.busy = None, None, False
+
+    def forget(self) -> None:
+        """Drop every slot's cache (the context's KV was used for something else)."""
+        for slot in self.slots:
+            slot.ids = []
+
+    def is_end(self, token: int) -> bool:
+        import llama_cpp
+
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def token_bytes(self, token: int) -> bytes:
+        return self.llm.detokenize([token])
+
+    # --- llama.cpp ---------------------------------------------------------------------
+    def _sampler(self, p: GenParams, seed: int, prompt: list[int]):
+        from llama_cpp._internals import LlamaSampler
+
+        s = LlamaSampler()
+        s.add_penalties(self.n_vocab, PENALTY_LAST_N, p.repetition_penalty, 0.0, 0.0)
+        if p.temperature <= 0:
+            s.add_greedy()
+        else:
+            s.add_top_k(p.top_k)
+            s.add_top_p(p.top_p, 1)
+            s.add_min_p(p.min_p, 1)
+            s.add_temp(p.temperature)
+            s.add_dist(seed)
+        for token in prompt[-PENALTY_LAST_N:]:
+            s.accept(token)  # the penalty looks back over the prompt too
+        return s
+
+    def _fill(self, rows: list[tuple[int, int, int, bool]]) -> None:
+        if len(rows) > self.capacity:
+            raise GenerationError(f"A batch of {len(rows)} tokens is larger than the engine's {self.capacity}.")
+        b = self.batch
+        b.n_tokens = len(rows)
+        for i, (seq, pos, token, logits) in enumerate(rows):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, pos, 1, logits
+            b.seq_id[i][0] = seq
+
+    def _decode(self) -> None:
+        import llama_cpp
+
+        rc = llama_cpp.llama_decode(self.ctx, self.batch)
+        if rc != 0:
+            raise GenerationError(f"llama.cpp could not decode the batch (code {rc}); the context may be full: "
+                                  "lower the number of parallel slots or the context size.")
+
+    def close(self) -> None:
+        import llama_cpp
+
+        for slot in self.slots:
+            if slot.sampler is not None:
+                slot.sampler.close()
+        llama_cpp.llama_batch_free(self.batch)
+
+
