@@ -18,7 +18,6 @@ cancel), so nothing waits for a long reply to end. It does not own the pipe or p
 
 from __future__ import annotations
 
-import codecs
 import random
 import time
 from collections import deque
@@ -127,7 +126,7 @@ class Scheduler:
         seq.slot, seq.prompt_tokens = slot, len(prompt)
         seq.budget = min(p.max_tokens, self.n_ctx - len(prompt))
         seq.stops = StopMatcher(p.stop)
-        seq.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        seq.decoder = self.engine.detokenizer()
         self.active[seq.rid] = seq
         seed = p.seed if p.seed is not None else random.randrange(2**31)
         token, seq.cached_tokens = self.engine.start(slot, prompt, p, seed % 2**32, self.draft_n)
@@ -157,7 +156,7 @@ class Scheduler:
             if seq.first is None:
                 seq.first = time.perf_counter()
             seq.made += 1
-            text = seq.stops.feed(seq.decoder.decode(self.engine.token_bytes(token)))
+            text = seq.stops.feed(seq.decoder.add(token))
             if text:
                 seq.pending.append(text)
                 if seq.made == 1:
@@ -200,7 +199,8 @@ class Scheduler:
 
     def _finish(self, seq: Sequence, reason: str, engine_done: bool = False) -> None:
         if self.engine is not None and not engine_done:
-            seq.pending.append(seq.stops.flush() + seq.decoder.decode(b"", final=True))
+            if not seq.stops.stopped:  # text held back (a partial character or stop string) goes out now
+                seq.pending.append(seq.stops.feed(seq.decoder.flush()) + seq.stops.flush())
         now = time.perf_counter()
         self._flush_text(seq, now)
         decode_s = now - seq.first if seq.first is not None else 0.0

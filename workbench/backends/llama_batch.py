@@ -48,6 +48,22 @@ def lookup_draft(ids: list[int], n: int, ngram: int = 3) -> list[int]:
     return []
 
 
+class Utf8Pieces:
+    """One sequence's tokens as text: bytes per token, characters once complete."""
+
+    def __init__(self, llm):
+        import codecs
+
+        self.llm = llm
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def add(self, token: int) -> str:
+        return self.decoder.decode(self.llm.detokenize([token]))
+
+    def flush(self) -> str:
+        return self.decoder.decode(b"", final=True)
+
+
 class LlamaBatchEngine:
     """`n_slots` sequences of up to `n_ctx` tokens each in one llama.cpp context."""
 
@@ -149,8 +165,8 @@ class LlamaBatchEngine:
 
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
-    def token_bytes(self, token: int) -> bytes:
-        return self.llm.detokenize([token])
+    def detokenizer(self) -> "Utf8Pieces":
+        return Utf8Pieces(self.llm)
 
     # --- llama.cpp ---------------------------------------------------------------------
     def _sampler(self, p: GenParams, seed: int, prompt: list[int]):

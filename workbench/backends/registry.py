@@ -141,7 +141,7 @@ GPTQ_PLAN = PlanStrategy("torch", runtime=597 * MiB, weights_as_stored=True, deq
 
 _LLAMA_OPTIONS = frozenset({"n_gpu_layers", "n_batch", "use_mmap", "use_mlock", "flash_attn", "cache_type",
                             "parallel", "draft_tokens"})
-_TORCH_OPTIONS = frozenset({"n_batch", "dtype", "device", "max_vram_gib", "offload_folder"})
+_TORCH_OPTIONS = frozenset({"n_batch", "dtype", "device", "max_vram_gib", "offload_folder", "parallel"})
 
 BUILTIN = (
     BackendSpec(

@@ -45,6 +45,14 @@ class IncrementalDetokenizer:
             return text[len(prefix):]
         return ""
 
+    def flush(self) -> str:
+        """What `add` held back (an incomplete character at the end): the reply ended, so it goes out as is."""
+        decode = self.tokenizer.decode
+        prefix = decode(self.ids[self.prefix_offset:self.read_offset], skip_special_tokens=True)
+        text = decode(self.ids[self.prefix_offset:], skip_special_tokens=True)
+        self.prefix_offset = self.read_offset = len(self.ids)
+        return text[len(prefix):]
+
 
 def resolve_device(requested: str) -> str:
     import torch
@@ -93,6 +101,7 @@ class TransformersBackend(Backend):
         self._last_prompt: list[int] = []
         self._last_logits = None  # logits at the last prompt position of the previous request
         self._eos: set[int] = set()
+        self.engine = None
 
     # --- loading -------------------------------------------------------------------
     def placement_kwargs(self, options: LoadOptions, device: str) -> dict:
@@ -162,6 +171,7 @@ class TransformersBackend(Backend):
         self.n_ctx = min(options.n_ctx, limit)
         self.n_batch = options.n_batch
         self._eos = eos_ids(self.model, self.tokenizer)
+        self.engine = self._make_engine(max(options.parallel, 1))
         device_map = getattr(self.model, "hf_device_map", None)
         devices = sorted({str(v) for v in device_map.values()}) if device_map else [self.device]
         return ModelInfo(
@@ -175,6 +185,24 @@ class TransformersBackend(Backend):
             chat_template=bool(self.template),
             details={"device_map": {k: str(v) for k, v in device_map.items()} if device_map else None},
         )
+
+    def _make_engine(self, slots: int):
+        """The batch engine (torch_batch.py), or None where its padded batches do not apply:
+        sliding-window attention caches, or layers offloaded to disk."""
+        from .torch_batch import TorchBatchEngine
+
+        config = self.model.config
+        sliding = getattr(config, "sliding_window", None) or "sliding_attention" in (getattr(config, "layer_types",
+                                                                                           None) or ())
+        device_map = getattr(self.model, "hf_device_map", None) or {}
+        if sliding or "disk" in device_map.values():
+            return None
+        return TorchBatchEngine(self.model, self.tokenizer, slots, self.n_ctx, self.n_batch, self._eos,
+                                self._input_device())
+
+    def batch_engine(self):
+        """The scheduler runs generations through this when there is one (see _make_engine)."""
+        return self.engine
 
     merge_adapter = True  # fold LoRA weights into the base weights: generation runs at the base model's speed
 
@@ -296,5 +324,5 @@ class TransformersBackend(Backend):
         return log_softmax_nll(out.logits[0, :-1].float().cpu().numpy(), ids[1:])
 
     def unload(self) -> None:
-        self.model = self.tokenizer = self._cache = self._last_logits = None
+        self.model = self.tokenizer = self._cache = self._last_logits = self.engine = None
 
