@@ -1,0 +1,96 @@
+"""Continuous batching with the real engines: concurrent requests get exactly what they get alone.
+
+llama.cpp batches in its own multi-sequence decode; Transformers and GPTQ through a padded
+batched forward pass (torch_batch.py), exact in float32 (bf16 batched matmuls round
+differently from single-row ones, so long greedy texts may drift there: see README).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from workbench.options import GenerationRequest, GenParams, LoadOptions
+from workbench.paths import Paths
+from workbench.services.model_service import ModelService
+
+pytestmark = [pytest.mark.model, pytest.mark.slow]
+
+QUESTIONS = ["Tell me a story about a dragon.", "Explain how rain forms.", "Write a poem about the sea.",
+             "Describe a city at night."]
+
+
+def ask(question: str, **params) -> GenerationRequest:
+    return GenerationRequest(messages=[{"role": "system", "content": "You are a helpful assistant."},
+                                       {"role": "user", "content": question}],
+                             params=GenParams(**{"temperature": 0, "max_tokens": 40, **params}))
+
+
+def together(service, requests, stops=None):
+    results, threads = [None] * len(requests), []
+
+    def run(i):
+        results[i] = service.complete(requests[i], (stops or {}).get(i))
+
+    for i in range(len(requests)):
+        threads.append(threading.Thread(target=run, args=(i,)))
+        threads[-1].start()
+    return results, threads
+
+
+@pytest.fixture(params=["gguf", "transformers-float32"])
+def service(request, tmp_path):
+    path = request.getfixturevalue("sample_gguf" if request.param == "gguf" else "sample_transformers")
+    dtype = "float32" if request.param.endswith("float32") else "auto"
+    s = ModelService(Paths(str(tmp_path)))
+    s.load(path, options=LoadOptions(n_ctx=1024, parallel=4, dtype=dtype))
+    yield s
+    s.close()
+
+
+def test_four_at_once_give_exactly_what_each_gives_alone(service):
+    alone = [service.complete(ask(q)).text for q in QUESTIONS]
+    results, threads = together(service, [ask(q) for q in QUESTIONS])
+    for t in threads:
+        t.join(120)
+    assert [r.text for r in results] == alone
+    assert service.loaded().plan.parallel == 4
+
+
+def test_a_seeded_sample_is_the_same_alone_and_in_a_batch(service):
+    seeded = ask(QUESTIONS[2], temperature=0.9, seed=1234)
+    alone = service.complete(seeded).text
+    results, threads = together(service, [ask(QUESTIONS[0]), seeded, ask(QUESTIONS[1])])
+    for t in threads:
+        t.join(120)
+    assert results[1].text == alone
+
+
+def test_cancelling_one_of_four_leaves_the_others_intact(service):
+    long = [ask(q, max_tokens=60) for q in QUESTIONS]
+    alone = [service.complete(r).text for r in long]
+    stop = threading.Event()
+    results, threads = together(service, long, {1: stop})
+    stop.set()
+    for t in threads:
+        t.join(120)
+    assert results[1].stats.finish_reason == "cancelled"
+    assert [results[i].text for i in (0, 2, 3)] == [alone[i] for i in (0, 2, 3)]
+
+
+def test_prompt_lookup_drafting_keeps_greedy_text_and_reports_acceptance(sample_gguf, tmp_path):
+    code = "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n"
+    request = ask(f"Repeat this code exactly:\n\n{code}", max_tokens=60)
+    texts = {}
+    for draft in (0, 6):
+        s = ModelService(Paths(str(tmp_path)))
+        try:
+            s.load(sample_gguf, options=LoadOptions(n_ctx=1024, parallel=1, draft_tokens=draft))
+            result = s.complete(request)
+        finally:
+            s.close()
+        texts[draft] = result.text
+        if draft:
+            assert result.stats.draft_tokens > 0 and 0 < result.stats.draft_accepted <= result.stats.draft_tokens
+    assert texts[0] == texts[6]
