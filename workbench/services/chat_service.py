@@ -144,6 +144,8 @@ def format_stats(stats: GenerationStats, context: int) -> str:
             f"first token {stats.ttft_s * 1000:.0f} ms · prompt {stats.prompt_tokens} tokens "
             f"({stats.cached_tokens} reused) · context {stats.prompt_tokens + stats.completion_tokens}"
             f"/{context} · {reason}")
+    if stats.acceptance is not None:
+        line += f" · drafts {stats.acceptance:.0%} accepted ({stats.draft_accepted}/{stats.draft_tokens})"
     if stats.dropped_messages:
         line += (f"  \n**The conversation outgrew the context: the oldest {stats.dropped_messages} messages "
                  "were left out of this reply** (the system prompt stays).")
