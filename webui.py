@@ -1,6 +1,7 @@
 """Launch the Model Workbench UI: parse flags, build the services, launch Gradio.
 
     python webui.py [--model NAME] [--listen | --host ADDR] [--port N] [--share] [--auth USER:PASS]
+                    [--allowed-host NAME]... [--max-upload-mib N]
                     [--api [--api-port 5000] [--api-key KEY]] [--api-only]
 
 --listen or --share without --auth makes a random password, prints it once and requires it;
@@ -36,6 +37,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--api-key", help="key API clients must send (required when the API is reachable from the network)")
     p.add_argument("--api-cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let web pages from ORIGIN call the API (repeatable; closed by default)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a host name the UI and API answer to besides the bound address and localhost "
+                        "(repeatable; e.g. the machine's LAN name or a reverse proxy's)")
+    p.add_argument("--max-upload-mib", type=int, default=1024, metavar="N",
+                   help="largest file the UI accepts as an upload, in MiB (default 1024)")
     p.add_argument("--preset", dest="profile", help="hardware profile from presets/hardware/ (same as --profile)")
     add_load_flags(p)
     return p.parse_args(argv)
@@ -60,7 +66,32 @@ def resolve_auth(args) -> tuple[str, str] | None:
     return None
 
 
-def start_api(models, host: str, port: int, api_key: str | None, cors: list[str], background: bool):
+# The API server's connection limits: more connections than this get 503 at once; an idle
+# keep-alive connection closes after a few seconds; request heads are capped (h11).
+API_MAX_CONNECTIONS = 1000
+API_KEEP_ALIVE_S = 5
+API_MAX_HEAD_BYTES = 64 * 1024
+UI_MAX_BODY = 32 << 20  # a UI event's JSON (a long conversation is a few MiB)
+
+
+def raise_open_file_limit(wanted: int) -> None:
+    """Let the process hold `wanted` connections and files (the soft limit is often 1024; the hard one more)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def host_policy(args, host: str):
+    from workbench.http_guard import HostPolicy
+
+    return HostPolicy(bound=host, allowed=tuple(args.allowed_host), share=bool(args.share))
+
+
+def start_api(models, host: str, port: int, api_key: str | None, cors: list[str], background: bool, hosts=None,
+              throttle=None):
     """The OpenAI-compatible API on host:port; in a thread beside the UI, or returned to run in the foreground."""
     import threading
 
@@ -68,8 +99,11 @@ def start_api(models, host: str, port: int, api_key: str | None, cors: list[str]
 
     from workbench.api.server import build_api
 
-    server = uvicorn.Server(uvicorn.Config(build_api(models, api_key, cors), host=host, port=port,
-                                           log_level="warning", timeout_graceful_shutdown=3))
+    raise_open_file_limit(2 * API_MAX_CONNECTIONS + 256)
+    server = uvicorn.Server(uvicorn.Config(build_api(models, api_key, cors, hosts, throttle), host=host, port=port,
+                                           log_level="warning", timeout_graceful_shutdown=3,
+                                           limit_concurrency=API_MAX_CONNECTIONS, timeout_keep_alive=API_KEEP_ALIVE_S,
+                                           h11_max_incomplete_event_size=API_MAX_HEAD_BYTES))
     key_note = "key required" if api_key else "no key (this machine only)"
     print(f"[webui] OpenAI-compatible API on http://{host}:{port}/v1 ({key_note})", flush=True)
     if background:
@@ -132,9 +166,13 @@ def main(argv=None) -> int:
         except WorkbenchError as e:
             print(f"[webui] could not load {args.model}: {e} (the UI starts without a model)", flush=True)
     host = "0.0.0.0" if args.listen else args.host
+    from workbench.http_guard import FailureThrottle
+
+    throttle = FailureThrottle()  # wrong logins and wrong API keys count together: the password is the key
     api_key = args.api_key or (auth[1] if auth and exposed(args) else None)
     if args.api or args.api_only:
-        server = start_api(models, host, args.api_port, api_key, args.api_cors_origin, background=not args.api_only)
+        server = start_api(models, host, args.api_port, api_key, args.api_cors_origin, background=not args.api_only,
+                           hosts=host_policy(args, host), throttle=throttle)
         if args.api_only:
             try:
                 server.run()
@@ -153,10 +191,18 @@ def main(argv=None) -> int:
         print("[webui] --share needs the internet and Gradio's share server is unreachable; serving locally only.",
               flush=True)
         share = False
+    from starlette.middleware import Middleware
+
+    from workbench.http_guard import GuardRules, RequestGuard, json_reply
+
+    max_upload = args.max_upload_mib << 20
+    guard = GuardRules(host_policy(args, host), max_body=UI_MAX_BODY, max_upload=max_upload + (1 << 20),
+                       login_paths=("/login",))
     try:
         app.queue(default_concurrency_limit=1).launch(
             server_name=host, server_port=args.port, share=share, auth=auth, show_error=True,
-            allowed_paths=[os.path.join(paths.user_data, "exports")],
+            allowed_paths=[os.path.join(paths.user_data, "exports")], max_file_size=max_upload,
+            app_kwargs={"middleware": [Middleware(RequestGuard, rules=guard, reply=json_reply, throttle=throttle)]},
         )
     finally:
         models.close()

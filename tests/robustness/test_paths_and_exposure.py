@@ -123,7 +123,7 @@ def test_api_cors_opens_only_for_the_named_origin():
     from workbench.paths import Paths
     from workbench.services.model_service import ModelService
 
-    api = TestClient(build_api(ModelService(Paths(ROOT)), "k", ["http://ok.example"]))
+    api = TestClient(build_api(ModelService(Paths(ROOT)), "k", ["http://ok.example"]), base_url="http://127.0.0.1")
     ask = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
     ok = api.options("/v1/chat/completions", headers={"Origin": "http://ok.example", **ask})
     assert ok.headers.get("access-control-allow-origin") == "http://ok.example"

@@ -41,13 +41,13 @@ def _number(body: dict, key: str, default, kind=float, lo=None, hi=None):
     value = body.get(key, default)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or (kind is int and not float(value).is_integer()):
+    # A float must be finite (and whole for an int); an int of any size compares without converting.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or (isinstance(value, float) and (not math.isfinite(value) or (kind is int and not value.is_integer()))):
         raise ApiError(f"'{key}' must be a {'whole ' if kind is int else ''}number.", key)
-    value = kind(value)
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise ApiError(f"'{key}' must be between {lo} and {hi}.", key)
-    return value
+    return kind(value)
 
 
 def _params(body: dict) -> GenParams:
@@ -87,8 +87,8 @@ def _text(content, where: str) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # OpenAI content parts: keep the text parts
-        parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-        if len(parts) == len(content):
+        parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        if len(parts) == len(content) and all(isinstance(part, str) for part in parts):
             return "".join(parts)
     raise ApiError(f"{where} must be text (a string or text content parts).", "messages")
 

@@ -23,6 +23,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..errors import NoModelLoaded, WorkbenchError, WorkerDied
+from ..http_guard import FailureThrottle, GuardRules, HostPolicy, RequestGuard, client_of
 from ..model_values import GenerationStats
 from ..options import GenerationRequest
 from ..services.model_service import ModelService
@@ -39,37 +40,68 @@ def _status_for(e: WorkbenchError) -> tuple[int, str]:
     return 400, "invalid_request_error"
 
 
+MAX_BODY_BYTES = 8 << 20  # a chat request of MAX_PROMPT_CHARS characters fits with room to spare
+
+
 class RequireApiKey:
     """ASGI middleware: every request but a CORS preflight needs `Authorization: Bearer <key>`.
 
-    Plain ASGI rather than Starlette's BaseHTTPMiddleware, which hides a client's hang-up
-    from the routes (so a generation could not be stopped when its client left).
+    A client that sends wrong keys waits longer and longer between tries (FailureThrottle),
+    so a key cannot be guessed by brute force. Plain ASGI rather than Starlette's
+    BaseHTTPMiddleware, which hides a client's hang-up from the routes (so a generation
+    could not be stopped when its client left).
     """
 
-    def __init__(self, app, api_key: str):
+    def __init__(self, app, api_key: str, throttle: FailureThrottle | None = None):
         self.app, self.api_key = app, api_key.encode()
+        self.throttle = throttle if throttle is not None else FailureThrottle()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["method"] != "OPTIONS":
+            client = client_of(scope)
+            wait = self.throttle.wait_s(client)
+            if wait > 0:
+                response = error_response(429, f"Too many wrong API keys; try again in {wait:.0f} s.",
+                                          "invalid_request_error", "too_many_failures")
+                response.headers["Retry-After"] = str(int(wait) + 1)
+                await response(scope, receive, send)
+                return
             given = dict(scope["headers"]).get(b"authorization", b"")
             token = given[7:] if given[:7].lower() == b"bearer " else b""
             if not hmac.compare_digest(token, self.api_key):
+                self.throttle.failed(client)
                 response = error_response(401, "Incorrect or missing API key; send 'Authorization: Bearer <key>'.",
                                           "invalid_request_error", "invalid_api_key")
                 await response(scope, receive, send)
                 return
+            self.throttle.succeeded(client)
         await self.app(scope, receive, send)
 
 
-def build_api(models: ModelService, api_key: str | None = None, cors_origins: list[str] | None = None) -> FastAPI:
-    """The API app; with `api_key`, every route needs `Authorization: Bearer <key>`."""
+def _guard_reply(status: int, message: str, code: str):
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return error_response(status, message, kind, code)
+
+
+def build_api(models: ModelService, api_key: str | None = None, cors_origins: list[str] | None = None,
+              hosts: HostPolicy | None = None, throttle: FailureThrottle | None = None) -> FastAPI:
+    """The API app; with `api_key`, every route needs `Authorization: Bearer <key>`, and wrong keys
+    count in `throttle` (shared with the UI's login when the login password is the key).
+
+    `hosts` says which Host headers it answers (default: a loopback-bound server's); every POST
+    must be JSON of at most MAX_BODY_BYTES, and pages from other origins are refused unless named
+    in `cors_origins`.
+    """
     app = FastAPI(title="Model Workbench API", docs_url=None, redoc_url=None, openapi_url=None)
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
 
     if api_key:
-        app.add_middleware(RequireApiKey, api_key=api_key)
+        app.add_middleware(RequireApiKey, api_key=api_key, throttle=throttle)
+    rules = GuardRules(hosts or HostPolicy("127.0.0.1"), max_body=MAX_BODY_BYTES, require_json=True,
+                       allowed_origins=tuple(o.rstrip("/") for o in cors_origins or ()))
+    app.add_middleware(RequestGuard, rules=rules, reply=_guard_reply)  # outermost: before the key check
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, e: ApiError):
@@ -92,8 +124,10 @@ def build_api(models: ModelService, api_key: str | None = None, cors_origins: li
 
     async def body_of(request: Request) -> dict:
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = json.loads(await request.body(), parse_int=_bounded_int)
+        except RecursionError:
+            raise ApiError("The request body nests JSON too deeply.") from None
+        except ValueError:  # bad JSON or bad UTF-8
             raise ApiError("The request body must be JSON.") from None
         if not isinstance(body, dict):
             raise ApiError("The request body must be a JSON object.")
@@ -149,6 +183,16 @@ def build_api(models: ModelService, api_key: str | None = None, cors_origins: li
                 "usage": _usage(stats)}
 
     return app
+
+
+MAX_INT_DIGITS = 40  # any number a request may hold (a 64-bit seed has 19 digits)
+
+
+def _bounded_int(digits: str) -> int:
+    """JSON integers as ints, refusing ones so long that converting or comparing them costs (or fails)."""
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise ApiError(f"A number in the request has more than {MAX_INT_DIGITS} digits.")
+    return int(digits)
 
 
 def _finish(stats: GenerationStats) -> str:

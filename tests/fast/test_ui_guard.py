@@ -1,0 +1,90 @@
+"""The red team's cases against the launched UI (fake backend): DNS rebinding, cross-site calls and
+uploads, upload size, and login brute force.
+
+One app for the module with a login and a 1 MiB upload limit; the throttle test runs last because
+every request here comes from one client (127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import pytest
+from gradio_client import Client
+
+from tests.ui.test_webui import App
+
+from .fakes import scratch, write_fake_model
+
+LOGIN = ("user", "right-password")
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    root = scratch(tmp_path_factory.mktemp("uiguard"))
+    write_fake_model(root / "models", reply="Echo: {last_user}")
+    uploads = tmp_path_factory.mktemp("gradio-tmp")
+    app = App("--auth", ":".join(LOGIN), "--max-upload-mib", "1", root=str(root),
+              env={"WORKBENCH_BACKENDS": "workbench.backends.fake_backend:SPEC", "GRADIO_TEMP_DIR": str(uploads)})
+    app.uploads = uploads
+    yield app
+    app.stop()
+
+
+@pytest.fixture(scope="module")
+def session(app):
+    """An httpx client logged in as the browser would be."""
+    client = httpx.Client(base_url=app.url, timeout=30)
+    assert client.post("login", data={"username": LOGIN[0], "password": LOGIN[1]}).status_code == 200
+    yield client
+    client.close()
+
+
+@pytest.mark.parametrize("method, route", [("GET", ""), ("GET", "config"), ("GET", "gradio_api/info"),
+                                           ("POST", "gradio_api/queue/join"), ("POST", "login")])
+def test_ui_refuses_a_rebound_host_name(session, method, route):
+    reply = session.request(method, route, headers={"Host": "rebind.attacker.example"},
+                            json={"data": [], "fn_index": 0, "session_hash": "x"} if method == "POST" else None)
+    assert reply.status_code == 403 and "--allowed-host" in reply.json()["detail"]
+
+
+def test_ui_serves_its_own_host(session):
+    assert session.get("config").status_code == 200
+    assert session.get("config", headers={"Host": f"localhost:{session.base_url.port}"}).status_code == 200
+
+
+def _upload(session, size: int, headers: dict | None = None):
+    return session.post("gradio_api/upload", files={"files": ("notes.txt", b"x" * size, "text/plain")},
+                        headers=headers or {})
+
+
+def test_ui_refuses_cross_site_uploads_and_calls(session):
+    evil = {"Origin": "http://evil.example"}
+    assert _upload(session, 100, evil).status_code == 403
+    call = session.post("gradio_api/queue/join", headers=evil,
+                        json={"data": [], "fn_index": 0, "session_hash": "x"})
+    assert call.status_code == 403
+    page = session.get("gradio_api/info", headers=evil)  # a CORS read of the app's data
+    assert page.status_code == 403
+
+
+def test_ui_upload_size_is_limited_and_leaves_no_file(app, session):
+    before = sorted(p for p, _, files in os.walk(app.uploads) for _ in files)
+    assert _upload(session, 100, {"Origin": app.url.rstrip("/")}).status_code == 200
+    reply = _upload(session, 3 << 20)
+    assert reply.status_code == 413
+    # The accepted upload is there; nothing of the refused one is.
+    after = [os.path.join(p, f) for p, _, files in os.walk(app.uploads) for f in files]
+    assert len(after) == len(before) + 1 and all(os.path.getsize(f) < 1000 for f in after)
+
+
+def test_ui_login_brute_force_is_throttled(app):
+    client = httpx.Client(base_url=app.url, timeout=30)
+    statuses = [client.post("login", data={"username": LOGIN[0], "password": f"guess{i}"}).status_code
+                for i in range(8)]
+    assert statuses[:5] == [400] * 5 and 429 in statuses[5:]
+    refused = client.post("login", data={"username": LOGIN[0], "password": LOGIN[1]})
+    assert refused.status_code == 429 and "try again" in refused.json()["detail"]
+    with pytest.raises(Exception):
+        Client(app.url, auth=LOGIN, verbose=False)
