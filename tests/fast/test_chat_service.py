@@ -84,3 +84,14 @@ def test_empty_messages_and_no_model_are_refused_before_anything_is_saved(chat):
     with pytest.raises(NoModelLoaded):
         next(chat.send(conv, "hello", GREEDY))
     assert chat.conversations.list()[0] == []
+
+
+def test_a_missing_system_prompt_is_none_and_a_huge_one_is_refused(chat):
+    from workbench.services.chat_service import MAX_SYSTEM_PROMPT_CHARS
+
+    conv = chat.open_or_new(None, None)  # gradio_client may send null
+    assert conv.system_prompt == ""
+    with pytest.raises(WorkbenchError, match="system prompt has .* the limit is"):
+        chat.open_or_new(None, "x" * (MAX_SYSTEM_PROMPT_CHARS + 1))
+    with pytest.raises(WorkbenchError, match="must be text"):
+        chat.open_or_new(None, 5)

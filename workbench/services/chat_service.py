@@ -22,6 +22,8 @@ from .model_service import ModelService
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 # A single message larger than this is refused before it reaches the engine.
 MAX_MESSAGE_CHARS = 200_000
+# The system prompt is saved with the conversation and sent with every reply.
+MAX_SYSTEM_PROMPT_CHARS = 50_000
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,18 @@ def check_message(text: str) -> None:
         raise WorkbenchError("The message is empty; type something first.")
     if len(text) > MAX_MESSAGE_CHARS:
         raise WorkbenchError(f"The message has {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}. Shorten it.")
+
+
+def check_system_prompt(text) -> str:
+    """The system prompt as text: empty for none, refused when it is not text or too long."""
+    if text is None:
+        return ""
+    if not isinstance(text, str):
+        raise WorkbenchError("The system prompt must be text.")
+    if len(text) > MAX_SYSTEM_PROMPT_CHARS:
+        raise WorkbenchError(f"The system prompt has {len(text):,} characters; the limit is "
+                             f"{MAX_SYSTEM_PROMPT_CHARS:,}. Shorten it.")
+    return text
 
 
 def with_system(system_prompt: str, turns: list[dict]) -> list[dict]:
@@ -102,6 +116,7 @@ class ChatService:
 
     def open_or_new(self, conv_id: str | None, system_prompt: str) -> Conversation:
         """The open conversation (a new one when `conv_id` is empty) with the system prompt from the screen."""
+        system_prompt = check_system_prompt(system_prompt)
         conv = self.conversations.get(conv_id) if conv_id else self.conversations.new(system_prompt)
         conv.system_prompt = system_prompt
         return conv
