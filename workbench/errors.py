@@ -41,6 +41,10 @@ class GenerationError(WorkbenchError):
     """The engine failed while generating."""
 
 
+class ContextLengthExceeded(GenerationError):
+    """A prompt does not fit the loaded model's context."""
+
+
 class ConversionError(WorkbenchError):
     """Converting a model from one format to another failed."""
 

@@ -19,6 +19,8 @@ MAX_THREADS = 4 * (os.cpu_count() or 1)  # more threads than this only slow an e
 MAX_PARALLEL = 64                        # sequences in one batch
 MAX_DRAFT = 16                           # prompt-lookup draft tokens per step
 MAX_CAP_GIB = 1 << 20                    # a memory cap beyond a PiB is a typing mistake
+MAX_LOGIT_BIAS = 300                     # OpenAI's own limit on biased tokens per request
+MAX_TOP_LOGPROBS = 20                    # OpenAI's own limit on alternatives per token
 
 
 def _from_dict(cls, data: dict, what: str):
@@ -100,6 +102,11 @@ class GenParams:
     repetition_penalty: float = 1.0   # >1 discourages repeating tokens already in the context
     seed: int | None = None           # fixed seed = same text twice; None = random
     stop: list[str] = field(default_factory=list)  # strings that end the reply (not included)
+    presence_penalty: float = 0.0     # -2..2: subtract this from every token already in the last 64 tokens
+    frequency_penalty: float = 0.0    # -2..2: subtract this times the token's count in the last 64 tokens
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit (-100 bans it)
+    logprobs: int | None = None       # None = off; else report each token's logprob and this many alternatives
+    json_schema: dict | None = None   # constrain the reply to JSON matching this schema ({} = any JSON object)
 
     def validate(self) -> "GenParams":
         for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
@@ -120,6 +127,25 @@ class GenParams:
             raise WorkbenchError("min_p must be in [0, 1).")
         if self.repetition_penalty <= 0:
             raise WorkbenchError("repetition_penalty must be positive (1 = off).")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not -2 <= value <= 2:
+                raise WorkbenchError(f"{name} must be a number between -2 and 2 (0 = off).")
+        if not isinstance(self.logit_bias, dict) or len(self.logit_bias) > MAX_LOGIT_BIAS:
+            raise WorkbenchError(f"logit_bias must map up to {MAX_LOGIT_BIAS} token ids to numbers.")
+        bias = {}
+        for token, value in self.logit_bias.items():
+            if isinstance(token, str) and token.lstrip("-").isdigit():
+                token = int(token)  # JSON object keys arrive as strings
+            if not isinstance(token, int) or token < 0 or isinstance(value, bool) \
+                    or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+                raise WorkbenchError("logit_bias must map token ids (0 or more) to numbers between -100 and 100.")
+            bias[token] = float(value)
+        self.logit_bias = bias
+        if self.logprobs is not None and not (isinstance(self.logprobs, int) and 0 <= self.logprobs <= MAX_TOP_LOGPROBS):
+            raise WorkbenchError(f"logprobs must be empty (off) or a number of alternatives from 0 to {MAX_TOP_LOGPROBS}.")
+        if self.json_schema is not None and not isinstance(self.json_schema, dict):
+            raise WorkbenchError("json_schema must be a JSON object (a JSON Schema).")
         self.stop = [s for s in self.stop if s]
         return self
 

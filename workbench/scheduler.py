@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from .backends.base import DoneEvent, TokenEvent
-from .errors import WorkbenchError
+from .errors import ContextLengthExceeded, WorkbenchError
 from .model_values import GenerationStats
 from .options import GenerationRequest
 from .stop_strings import StopMatcher
@@ -50,6 +50,7 @@ class Sequence:
     budget: int = 0
     first: float | None = None
     pending: list[str] = field(default_factory=list)
+    pending_logprobs: list[dict] = field(default_factory=list)  # one entry per token, aligned with the text
     last_send: float = 0.0
     stops: StopMatcher | None = None
     decoder: object | None = None
@@ -119,7 +120,7 @@ class Scheduler:
             return
         prompt = self.backend.prompt_tokens(request)
         if len(prompt) >= self.n_ctx:
-            raise WorkbenchError(f"The prompt has {len(prompt)} tokens but the context holds {self.n_ctx}; "
+            raise ContextLengthExceeded(f"The prompt has {len(prompt)} tokens but the context holds {self.n_ctx}; "
                                  "shorten the conversation or load the model with a larger context.")
         p = request.params
         slot = self.engine.free_slot(prompt)
@@ -149,10 +150,13 @@ class Scheduler:
 
     def _take(self, seq: Sequence, tokens: list[int]) -> None:
         """Turn the engine's new tokens for `seq` into text; end it on EOS, a stop string, the budget."""
-        for token in tokens:
+        scores = self.engine.take_scores(seq.slot) if seq.request.params.logprobs is not None else []
+        for i, token in enumerate(tokens):
             seq.engine_tokens += 1
             if self.engine.is_end(token):
                 return self._finish(seq, "stop")
+            if i < len(scores):
+                seq.pending_logprobs.append(self._logprob_entry(scores[i]))
             if seq.first is None:
                 seq.first = time.perf_counter()
             seq.made += 1
@@ -178,6 +182,7 @@ class Scheduler:
                 self._fail(seq, e)
                 continue
             if isinstance(event, TokenEvent):
+                seq.pending_logprobs.extend(event.logprobs or ())
                 if seq.first is None:
                     seq.first = time.perf_counter()
                     seq.pending.append(event.text)
@@ -190,11 +195,24 @@ class Scheduler:
                 self._finish(seq, event.finish_reason, engine_done=True)
 
     # --- endings -------------------------------------------------------------------
+    def _logprob_entry(self, scored: tuple) -> dict:
+        """OpenAI's per-token logprob entry from the engine's (token, logprob, alternatives)."""
+        token, logprob, top = scored
+
+        def item(t: int, lp: float) -> dict:
+            raw = self.engine.token_bytes(t)
+            return {"token": raw.decode("utf-8", errors="replace"), "bytes": list(raw), "logprob": lp}
+
+        return {**item(token, logprob), "top_logprobs": [item(t, lp) for t, lp in top]}
+
     def _flush_text(self, seq: Sequence, now: float) -> None:
         text = "".join(seq.pending)
         seq.pending.clear()
         seq.last_send = now
-        if text:
+        if seq.pending_logprobs:  # ("token", rid, text, logprobs): one entry per token in this text
+            self.send(("token", seq.rid, text, seq.pending_logprobs))
+            seq.pending_logprobs = []
+        elif text:
             self.send(("token", seq.rid, text))
 
     def _finish(self, seq: Sequence, reason: str, engine_done: bool = False) -> None:

@@ -9,7 +9,8 @@ Parent -> child: ("load", rid, engine, detection, options) where `engine` names 
 class by dotted path (a backend registered at run time loads too); ("generate", rid,
 request); ("cancel", rid) (rid None: every request); ("tokenize", rid, text);
 ("memory", rid); ("score", rid, text, window); ("shutdown",).
-Child -> parent: ("ok", rid, value); ("token", rid, text); ("done", rid, GenerationStats as a
+Child -> parent: ("ok", rid, value); ("token", rid, text) or, when the request asked for
+logprobs, ("token", rid, text, [entry per token]); ("done", rid, GenerationStats as a
 dict); ("progress", rid, done, total); ("error", rid, error_class_name, message).
 
 The child's scheduler (scheduler.py) runs the generations; between its steps the child
@@ -328,6 +329,8 @@ class ModelWorker:
                  stop: threading.Event | None = None) -> Iterator[tuple[str, str | GenerationStats]]:
         """Yield ("token", text) as text comes (a token, or a few when they come fast), then ("done", GenerationStats).
 
+        A request with `params.logprobs` set also gets ("logprobs", [entry per token]) after each text.
+
         `stop`, when set, ends this generation only; so does closing the generator early.
         """
         rid, channel = self._open("generate", request.to_dict())
@@ -345,6 +348,8 @@ class ModelWorker:
                     continue
                 if reply[0] == "token":
                     yield "token", reply[2]
+                    if len(reply) > 3:
+                        yield "logprobs", reply[3]
                 elif reply[0] == "done":
                     finished = True
                     yield "done", GenerationStats.from_dict(reply[2])
@@ -366,6 +371,8 @@ class ModelWorker:
                 reply = await channel.queue.get()
                 if reply[0] == "token":
                     yield "token", reply[2]
+                    if len(reply) > 3:
+                        yield "logprobs", reply[3]
                 elif reply[0] == "done":
                     finished = True
                     yield "done", GenerationStats.from_dict(reply[2])

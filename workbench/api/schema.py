@@ -28,6 +28,9 @@ class ApiError(WorkbenchError):
         self.param = param
 
 
+MAX_N = 8           # choices per request (they run as that many requests through the scheduler)
+
+
 @dataclass
 class ParsedRequest:
     params: GenParams
@@ -35,6 +38,7 @@ class ParsedRequest:
     include_usage: bool
     messages: list[dict] | None = None
     prompt: str | None = None
+    n: int = 1                     # choices, generated at once with seeds seed, seed+1, ...
 
 
 def _number(body: dict, key: str, default, kind=float, lo=None, hi=None):
@@ -50,7 +54,34 @@ def _number(body: dict, key: str, default, kind=float, lo=None, hi=None):
     return kind(value)
 
 
-def _params(body: dict) -> GenParams:
+def _logit_bias(body: dict) -> dict[int, float]:
+    bias = body.get("logit_bias") or {}
+    if not isinstance(bias, dict) or len(bias) > 300:
+        raise ApiError("'logit_bias' must map up to 300 token ids to numbers between -100 and 100.", "logit_bias")
+    out = {}
+    for key, value in bias.items():
+        if not str(key).isdigit() or isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or not -100 <= value <= 100:
+            raise ApiError("'logit_bias' must map token ids to numbers between -100 and 100.", "logit_bias")
+        out[int(key)] = float(value)
+    return out
+
+
+def _logprobs(body: dict, chat: bool) -> int | None:
+    """Alternatives per token to report (None: no logprobs): chat's logprobs + top_logprobs, or completions' int."""
+    if not chat:
+        return _number(body, "logprobs", None, int, 0, 5)
+    wanted = body.get("logprobs")
+    if wanted is not None and not isinstance(wanted, bool):
+        raise ApiError("'logprobs' must be true or false.", "logprobs")
+    top = _number(body, "top_logprobs", None, int, 0, 20)
+    if top is not None and not wanted:
+        raise ApiError("'top_logprobs' needs 'logprobs' set to true.", "top_logprobs")
+    return (top or 0) if wanted else None
+
+
+def _params(body: dict, chat: bool = True) -> GenParams:
+    from .structured import response_schema  # it raises this module's ApiError
     for key in FORBIDDEN:
         if key in body:
             raise ApiError(f"'{key}' cannot be set through the API.", key)
@@ -69,9 +100,12 @@ def _params(body: dict) -> GenParams:
         repetition_penalty=_number(body, "repetition_penalty", 1.0, float, 0.01, 10),
         seed=_number(body, "seed", None, int, 0, 2**63 - 1),
         stop=stop,
+        presence_penalty=_number(body, "presence_penalty", 0.0, float, -2, 2),
+        frequency_penalty=_number(body, "frequency_penalty", 0.0, float, -2, 2),
+        logit_bias=_logit_bias(body),
+        logprobs=_logprobs(body, chat),
+        json_schema=response_schema(body),
     )
-    if _number(body, "n", 1, int, 1, 1) != 1:
-        raise ApiError("Only n=1 is supported.", "n")
     return params.validate()
 
 
@@ -109,7 +143,7 @@ def parse_chat_request(body: dict) -> ParsedRequest:
     if total > MAX_PROMPT_CHARS:
         raise ApiError(f"The messages hold {total:,} characters; the limit is {MAX_PROMPT_CHARS:,}.", "messages")
     stream, usage = _stream_flags(body)
-    return ParsedRequest(_params(body), stream, usage, messages=clean)
+    return ParsedRequest(_params(body), stream, usage, messages=clean, n=_number(body, "n", 1, int, 1, MAX_N))
 
 
 def parse_completion_request(body: dict) -> ParsedRequest:
@@ -121,4 +155,6 @@ def parse_completion_request(body: dict) -> ParsedRequest:
     if len(prompt) > MAX_PROMPT_CHARS:
         raise ApiError(f"The prompt has {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,}.", "prompt")
     stream, usage = _stream_flags(body)
-    return ParsedRequest(_params(body), stream, usage, prompt=prompt)
+    return ParsedRequest(_params(body, chat=False), stream, usage, prompt=prompt,
+                         n=_number(body, "n", 1, int, 1, MAX_N))
+

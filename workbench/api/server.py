@@ -22,11 +22,14 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ..errors import NoModelLoaded, WorkbenchError, WorkerDied
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import ContextLengthExceeded, NoModelLoaded, WorkbenchError, WorkerDied
 from ..http_guard import FailureThrottle, GuardRules, HostPolicy, RequestGuard, client_of
 from ..model_values import GenerationStats
 from ..options import GenerationRequest
 from ..services.model_service import ModelService
+from .choices import Choice, ChoiceEvent, chat_logprobs, choice_requests, completion_logprobs, merged
 from .schema import ApiError, parse_chat_request, parse_completion_request
 
 
@@ -109,8 +112,26 @@ def build_api(models: ModelService, api_key: str | None = None, cors_origins: li
 
     @app.exception_handler(WorkbenchError)
     async def on_workbench_error(request: Request, e: WorkbenchError):
+        if isinstance(e, ContextLengthExceeded):
+            return error_response(400, str(e), "invalid_request_error", "context_length_exceeded",
+                                  "messages" if request.url.path.endswith("chat/completions") else "prompt")
         status, kind = _status_for(e)
         return error_response(status, str(e), kind)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, e: StarletteHTTPException):
+        """Routing errors (unknown route, wrong method) in OpenAI's shape, as its own API words them."""
+        if e.status_code == 404:
+            message = f"Invalid URL ({request.method} {request.url.path})."
+        elif e.status_code == 405:
+            message = f"Method {request.method} is not allowed for {request.url.path}."
+        else:
+            message = str(e.detail)
+        response = error_response(e.status_code, message, "invalid_request_error",
+                                  {404: "unknown_url", 405: "method_not_allowed"}.get(e.status_code))
+        for key, value in (e.headers or {}).items():
+            response.headers[key] = value
+        return response
 
     @app.get("/health")
     def health():
@@ -151,7 +172,7 @@ def build_api(models: ModelService, api_key: str | None = None, cors_origins: li
             raise NoModelLoaded("No model is loaded; load one in the Model tab or start with --model.")
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
-        events = models.agenerate(gen)
+        events = merged(models, choice_requests(gen, parsed.n))
         if parsed.stream:
             # Take the first event before answering, so errors (no model, bad prompt) get a status code.
             try:
@@ -159,28 +180,36 @@ def build_api(models: ModelService, api_key: str | None = None, cors_origins: li
             except StopAsyncIteration:
                 first = None
             return ClosingStreamingResponse(
-                _sse(first, events, rid, created, name, chat, parsed.include_usage),
+                _sse(first, events, rid, created, name, chat, parsed),
                 media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        watcher = asyncio.ensure_future(_close_on_disconnect(request, events))
-        pieces, stats = [], GenerationStats("cancelled")
+        choices = [Choice() for _ in range(parsed.n)]
+
+        async def collect():
+            async for event in events:
+                choices[event.index].add(event)
+
+        collecting = asyncio.ensure_future(collect())
+        watcher = asyncio.ensure_future(_cancel_on_disconnect(request, collecting))
         try:
-            async for kind, value in events:
-                if kind == "token":
-                    pieces.append(value)
-                else:
-                    stats = value
+            await collecting
+        except asyncio.CancelledError:
+            if not collecting.cancelled():
+                raise
         finally:
             watcher.cancel()
             await events.aclose()
-        text = "".join(pieces)
-        if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": _finish(stats)}
-            obj = "chat.completion"
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": _finish(stats)}
-            obj = "text_completion"
-        return {"id": rid, "object": obj, "created": created, "model": name, "choices": [choice],
-                "usage": _usage(stats)}
+        wire = []
+        for i, c in enumerate(choices):
+            if chat:
+                wire.append({"index": i, "message": {"role": "assistant", "content": c.text},
+                             "logprobs": chat_logprobs(c.logprobs) if parsed.params.logprobs is not None else None,
+                             "finish_reason": _finish(c.stats)})
+            else:
+                wire.append({"index": i, "text": c.text, "finish_reason": _finish(c.stats),
+                             "logprobs": completion_logprobs(c.logprobs) if parsed.params.logprobs is not None
+                             else None})
+        return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
+                "model": name, "choices": wire, "usage": _usage([c.stats for c in choices])}
 
     return app
 
@@ -199,19 +228,21 @@ def _finish(stats: GenerationStats) -> str:
     return "stop" if stats.finish_reason in ("stop", "cancelled") else "length"
 
 
-def _usage(stats: GenerationStats) -> dict:
-    return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
-            "total_tokens": stats.prompt_tokens + stats.completion_tokens}
+def _usage(stats: list[GenerationStats]) -> dict:
+    """Usage over a request's choices: the prompt counts once, every choice's tokens count."""
+    prompt = max(s.prompt_tokens for s in stats)
+    completion = sum(s.completion_tokens for s in stats)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 DISCONNECT_POLL_S = 0.25
 
 
-async def _close_on_disconnect(request: Request, events: AsyncIterator) -> None:
-    """End a non-streaming request's generation when its client hangs up (the worker cancels it)."""
+async def _cancel_on_disconnect(request: Request, collecting: asyncio.Future) -> None:
+    """End a non-streaming request's generations when its client hangs up (the worker cancels them)."""
     while True:
         if await request.is_disconnected():
-            await events.aclose()
+            collecting.cancel()
             return
         await asyncio.sleep(DISCONNECT_POLL_S)
 
@@ -227,39 +258,46 @@ class ClosingStreamingResponse(StreamingResponse):
             await self.body_iterator.aclose()
 
 
-async def _sse(first, events: AsyncIterator, rid: str, created: int, model: str, chat: bool,
-               include_usage: bool) -> AsyncIterator[str]:
-    """Server-Sent Events in OpenAI's chunk format, ending with `data: [DONE]`; closing it ends the generation."""
+async def _sse(first: ChoiceEvent | None, events: AsyncIterator[ChoiceEvent], rid: str, created: int, model: str,
+               chat: bool, parsed) -> AsyncIterator[str]:
+    """Server-Sent Events in OpenAI's chunk format, ending with `data: [DONE]`; closing it ends the generations."""
     obj = "chat.completion.chunk" if chat else "text_completion"
+    wants_logprobs = parsed.params.logprobs is not None
+    offsets = [0] * parsed.n  # completions' text_offset runs on across chunks
 
-    def chunk(delta_text: str | None, finish: str | None, role: bool = False) -> str:
+    def chunk(index: int, text: str | None, finish: str | None, logprobs: list[dict] | None = None,
+              role: bool = False) -> str:
         if chat:
-            delta = {"role": "assistant", "content": ""} if role else ({"content": delta_text} if delta_text else {})
-            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
+            choice = {"index": index, "delta": delta, "finish_reason": finish}
+            if wants_logprobs:
+                choice["logprobs"] = chat_logprobs(logprobs) if logprobs else None
         else:
-            choice = {"index": 0, "text": delta_text or "", "logprobs": None, "finish_reason": finish}
+            choice = {"index": index, "text": text or "", "finish_reason": finish,
+                      "logprobs": completion_logprobs(logprobs, offsets[index]) if logprobs else None}
+            offsets[index] += len(text or "")
         return "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": model,
                                       "choices": [choice]}, separators=(",", ":")) + "\n\n"
 
     if chat:
-        yield chunk(None, None, role=True)
-    event = first
+        for index in range(parsed.n):
+            yield chunk(index, None, None, role=True)
+    event, ended = first, []
     try:
         while event is not None:
-            kind, value = event
-            if kind == "token":
-                if value:
-                    yield chunk(value, None)
+            if event.stats is None:
+                if event.text or event.logprobs:
+                    yield chunk(event.index, event.text, None, event.logprobs)
             else:
-                yield chunk(None, _finish(value))
-                if include_usage:
-                    yield "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": model,
-                                                 "choices": [], "usage": _usage(value)}) + "\n\n"
+                yield chunk(event.index, None, _finish(event.stats))
+                ended.append(event.stats)
             event = await anext(events, None)
+        if parsed.include_usage and ended:
+            yield "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": model,
+                                         "choices": [], "usage": _usage(ended)}) + "\n\n"
     except WorkbenchError as e:
         yield "data: " + json.dumps({"error": {"message": str(e), "type": "server_error", "param": None,
                                                "code": None}}) + "\n\n"
     finally:
         await events.aclose()
     yield "data: [DONE]\n\n"
-

@@ -37,6 +37,7 @@ class ModelInfo:
 @dataclass(frozen=True)
 class TokenEvent:
     text: str                  # decoded text of this token ("" while a UTF-8 sequence is incomplete)
+    logprobs: tuple | None = None  # when asked: OpenAI logprob entries ({token, bytes, logprob, top_logprobs})
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ Script keys (all optional but the marker):
                      engine raises it after "after" tokens), "crash" (the worker process dies
                      after "after" tokens)
 
-Tokens are whitespace-delimited pieces ("Hello ", "world."), so counts are easy to reason about.
+Tokens are whitespace-delimited pieces ("Hello ", "world."), so counts are easy to reason about;
+with logprobs asked, each piece scores a deterministic -(crc32 % 100) / 100 (see `fake_logprob`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import zlib
 from typing import Callable, Iterator
 
 from ..detect import Detection
-from ..errors import GenerationError, LoadError
+from ..errors import ContextLengthExceeded, GenerationError, LoadError
 from ..options import GenerationRequest, LoadOptions
 from ..plan import MiB, PlanStrategy
 from ..stop_strings import StopMatcher
@@ -78,6 +79,17 @@ def sniff(path: str) -> Detection | None:
     )
 
 
+def fake_logprob(piece: str, top: int) -> dict:
+    """A deterministic logprob entry for a piece: -(crc32 % 100) / 100, alternatives "alt1".. below it."""
+    logprob = -(zlib.crc32(piece.encode()) % 100) / 100
+
+    def item(token: str, lp: float) -> dict:
+        return {"token": token, "bytes": list(token.encode()), "logprob": lp}
+
+    alternatives = [item(piece, logprob)] + [item(f"alt{i}", logprob - i) for i in range(1, top)]
+    return {**item(piece, logprob), "top_logprobs": alternatives[:top]}
+
+
 class FakeBackend(Backend):
     name = "fake"
     interleaves = True  # its generations share no state: several run in turn (like a batching engine)
@@ -117,7 +129,7 @@ class FakeBackend(Backend):
         prompt = self._prompt(request)
         ids = self.tokenize(prompt)
         if len(ids) >= self.n_ctx:
-            raise GenerationError(f"The prompt has {len(ids)} tokens but the context holds {self.n_ctx}; "
+            raise ContextLengthExceeded(f"The prompt has {len(ids)} tokens but the context holds {self.n_ctx}; "
                                   "shorten it or load the model with a larger context.")
         cached = next((i for i, (a, b) in enumerate(zip(ids, self._last_prompt)) if a != b),
                       min(len(ids), len(self._last_prompt)))
@@ -145,8 +157,9 @@ class FakeBackend(Backend):
                 time.sleep(delay)
             made += 1
             text = stops.feed(piece)
-            if text:
-                yield TokenEvent(text)
+            scored = (fake_logprob(piece, request.params.logprobs),) if request.params.logprobs is not None else None
+            if text or scored:
+                yield TokenEvent(text, scored)
             if stops.stopped:
                 break
         else:

@@ -8,16 +8,20 @@ cache shares the longest prefix with its prompt and computes only the rest. One
 `llama_decode` advances every active sequence by a token (continuous batching, as
 llama.cpp's own server does). Optional prompt-lookup drafting (speculative decoding): a
 slot proposes the tokens that followed the last n-gram the last time it occurred, they
-are checked in the same decode, and the accepted ones cost no extra step. The sampler
+are checked in the same decode, and the accepted ones cost no extra step. With a JSON schema
+llama.cpp's grammar sampler judges each drawn token and, when it refuses it, the draw is
+redone over the tokens it allows (llama.cpp's own common sampler does the same: checking
+one token is far cheaper than masking the whole vocabulary every step); with logprobs each token's raw distribution is scored before the draw. The sampler
 draws at each position in order, so the text is the same with and without drafting.
 It does not own stop strings, budgets, cancel or timing: the scheduler does.
 """
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass, field
 
-from ..errors import GenerationError
+from ..errors import GenerationError, brief
 from ..options import GenParams
 from .decode_loop import common_prefix
 
@@ -29,11 +33,14 @@ class Slot:
     seq: int                                   # llama.cpp sequence id
     ids: list[int] = field(default_factory=list)  # token ids whose KV this sequence holds
     sampler: object | None = None              # llama_cpp._internals.LlamaSampler while busy
+    grammar: object | None = None              # its JSON grammar sampler, when the reply must be JSON
     last: int | None = None                    # sampled, not yet in the KV cache
     busy: bool = False
     draft_n: int = 0                           # prompt-lookup draft length (0 = off)
     drafted: int = 0                           # draft tokens proposed / accepted, for the stats
     accepted: int = 0
+    logprobs: int | None = None                # alternatives to report per token (None = off)
+    scored: list = field(default_factory=list)  # (token, logprob, [(id, logprob)]) per sampled token, not yet taken
 
 
 def lookup_draft(ids: list[int], n: int, ngram: int = 3) -> list[int]:
@@ -62,6 +69,21 @@ class Utf8Pieces:
 
     def flush(self) -> str:
         return self.decoder.decode(b"", final=True)
+
+
+def json_grammar(schema: dict):
+    """llama.cpp's grammar for JSON matching `schema` (an empty schema: any JSON value)."""
+    import json
+
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+    if not schema:
+        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+    try:
+        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    except Exception as e:  # noqa: BLE001 - the converter raises plain exceptions for schemas it cannot handle
+        raise GenerationError(f"llama.cpp cannot turn this JSON schema into a grammar ({brief(e)}); "
+                              "simplify the schema.") from e
 
 
 class LlamaBatchEngine:
@@ -103,6 +125,8 @@ class LlamaBatchEngine:
             keep = 0
         slot.ids = slot.ids[:keep]
         slot.sampler = self._sampler(params, seed, prompt)
+        slot.grammar = self._grammar(params)
+        slot.logprobs, slot.scored = params.logprobs, []
         pending = prompt[keep:]
         for i in range(0, len(pending), self.n_batch):
             chunk = pending[i:i + self.n_batch]
@@ -110,7 +134,7 @@ class LlamaBatchEngine:
                         for j, t in enumerate(chunk)])
             self._decode()
             slot.ids.extend(chunk)
-        token = slot.sampler.sample(self.llm._ctx, self.batch.n_tokens - 1)
+        token = self._draw(slot, self.batch.n_tokens - 1)
         slot.last = token
         return token, keep
 
@@ -132,10 +156,11 @@ class LlamaBatchEngine:
             slot = self.slots[seq]
             made = []
             for j, fed in enumerate(feed):
-                token = slot.sampler.sample(self.llm._ctx, start + j)
+                token = self._draw(slot, start + j)
                 made.append(token)
                 if j + 1 < len(feed) and token != feed[j + 1]:
                     break  # the draft went wrong here: `token` is the correct next one
+            del slot.scored[len(slot.scored) - len(feed) + len(made):]  # rejected draft positions
             slot.drafted += len(feed) - 1
             slot.accepted += len(made) - 1
             # In the cache now: the fed tokens up to the last accepted one.
@@ -148,12 +173,22 @@ class LlamaBatchEngine:
             out[seq] = made
         return out
 
+    def take_scores(self, seq: int) -> list:
+        """(token, logprob, top alternatives) for each token sampled since the last call (empty when off)."""
+        slot = self.slots[seq]
+        scored, slot.scored = slot.scored, []
+        return scored
+
+    def token_bytes(self, token: int) -> bytes:
+        return self.llm.detokenize([token])
+
     def release(self, seq: int) -> None:
         """The sequence ended; its KV stays for the next request with the same prefix."""
         slot = self.slots[seq]
-        if slot.sampler is not None:
-            slot.sampler.close()
-        slot.sampler, slot.last, slot.busy = None, None, False
+        for sampler in (slot.sampler, slot.grammar):
+            if sampler is not None:
+                sampler.close()
+        slot.sampler, slot.grammar, slot.last, slot.busy = None, None, None, False
 
     def forget(self) -> None:
         """Drop every slot's cache (the context's KV was used for something else)."""
@@ -169,11 +204,78 @@ class LlamaBatchEngine:
         return Utf8Pieces(self.llm)
 
     # --- llama.cpp ---------------------------------------------------------------------
+    def _draw(self, slot: Slot, index: int) -> int:
+        """Sample the token at batch row `index` (scored first when the request wants logprobs)."""
+        if slot.logprobs is None and slot.grammar is None:
+            return slot.sampler.sample(self.llm._ctx, index)
+        import llama_cpp
+        import numpy as np
+
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,))
+        if slot.grammar is None:
+            scored_logits = logits.copy()  # sampling may reuse this buffer
+            token = slot.sampler.sample(self.llm._ctx, index)
+        else:
+            scored_logits = logits
+            token = self._draw_constrained(slot, logits)
+        if slot.logprobs is not None:
+            from .logprobs import scores_of
+
+            slot.scored.append(scores_of(scored_logits, token, slot.logprobs))
+        return token
+
+    def _draw_constrained(self, slot: Slot, logits) -> int:
+        """Draw with the chain, keep the token if the grammar allows it, else draw again from the allowed ones.
+
+        As llama.cpp's own common sampler does: the grammar judges one token instead of the
+        whole vocabulary on most steps, which is what keeps constrained decoding cheap.
+        """
+        import llama_cpp
+
+        token = self._apply(slot.sampler.sampler, self._candidates(logits))
+        one = self._candidates(logits, [token])
+        llama_cpp.llama_sampler_apply(slot.grammar.sampler, ctypes.byref(one[1]))
+        if one[0][0].logit == float("-inf"):
+            candidates = self._candidates(logits)
+            llama_cpp.llama_sampler_apply(slot.grammar.sampler, ctypes.byref(candidates[1]))
+            token = self._apply(slot.sampler.sampler, candidates)
+        llama_cpp.llama_sampler_accept(slot.sampler.sampler, token)
+        llama_cpp.llama_sampler_accept(slot.grammar.sampler, token)
+        return token
+
+    def _candidates(self, logits, ids: list[int] | None = None):
+        """A llama_token_data_array over `ids` (default: the whole vocabulary) with their logits."""
+        import llama_cpp
+        import numpy as np
+
+        n = self.n_vocab if ids is None else len(ids)
+        data = (llama_cpp.llama_token_data * n)()
+        view = np.frombuffer(data, dtype=np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)]))
+        view["id"] = np.arange(n) if ids is None else ids
+        view["logit"] = logits if ids is None else logits[ids]
+        array = llama_cpp.llama_token_data_array(data=ctypes.cast(data, llama_cpp.llama_token_data_p), size=n,
+                                                 selected=-1, sorted=False)
+        return data, array
+
+    @staticmethod
+    def _apply(chain, candidates) -> int:
+        import llama_cpp
+
+        data, array = candidates
+        llama_cpp.llama_sampler_apply(chain, ctypes.byref(array))
+        return int(data[array.selected].id)
+
     def _sampler(self, p: GenParams, seed: int, prompt: list[int]):
+        import llama_cpp
         from llama_cpp._internals import LlamaSampler
 
         s = LlamaSampler()
-        s.add_penalties(self.n_vocab, PENALTY_LAST_N, p.repetition_penalty, 0.0, 0.0)
+        s.add_penalties(self.n_vocab, PENALTY_LAST_N, p.repetition_penalty, p.frequency_penalty, p.presence_penalty)
+        penalties = llama_cpp.llama_sampler_chain_get(s.sampler, 0)
+        for token in prompt[-PENALTY_LAST_N:]:
+            llama_cpp.llama_sampler_accept(penalties, token)  # the penalties look back over the prompt too
+        if p.logit_bias:
+            s.add_logit_bias(self.n_vocab, {t: b for t, b in p.logit_bias.items() if t < self.n_vocab})
         if p.temperature <= 0:
             s.add_greedy()
         else:
@@ -182,9 +284,17 @@ class LlamaBatchEngine:
             s.add_min_p(p.min_p, 1)
             s.add_temp(p.temperature)
             s.add_dist(seed)
-        for token in prompt[-PENALTY_LAST_N:]:
-            s.accept(token)  # the penalty looks back over the prompt too
         return s
+
+    def _grammar(self, p: GenParams):
+        """The request's grammar sampler (its own chain, see _draw_constrained), or None."""
+        if p.json_schema is None:
+            return None
+        from llama_cpp._internals import LlamaSampler
+
+        g = LlamaSampler()
+        g.add_grammar(self.llm._model, json_grammar(p.json_schema))
+        return g
 
     def _fill(self, rows: list[tuple[int, int, int, bool]]) -> None:
         if len(rows) > self.capacity:
@@ -207,8 +317,9 @@ class LlamaBatchEngine:
         import llama_cpp
 
         for slot in self.slots:
-            if slot.sampler is not None:
-                slot.sampler.close()
+            for sampler in (slot.sampler, slot.grammar):
+                if sampler is not None:
+                    sampler.close()
         llama_cpp.llama_batch_free(self.batch)
 
 

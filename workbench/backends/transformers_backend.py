@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 from ..chat_template import prompt_text
 from ..detect import GGUF, Detection
-from ..errors import GenerationError, LoadError, WorkbenchError, brief
+from ..errors import ContextLengthExceeded, GenerationError, LoadError, WorkbenchError, brief
 from ..options import GenerationRequest, LoadOptions
 from .base import Backend, DoneEvent, ModelInfo, TokenEvent, physical_cores
 from .decode_loop import common_prefix, run_decode
@@ -247,10 +247,13 @@ class TransformersBackend(Backend):
         p = request.params
         prompt = self.prompt_tokens(request)
         if len(prompt) >= self.n_ctx:
-            raise WorkbenchError(
+            raise ContextLengthExceeded(
                 f"The prompt has {len(prompt)} tokens but the context holds {self.n_ctx}; "
                 "shorten the conversation or load the model with a larger context."
             )
+        if p.json_schema is not None or p.logprobs is not None:
+            raise WorkbenchError("JSON output and logprobs need the batch engine, which this model's layout "
+                                 "(sliding-window attention or disk offload) does not allow.")
         budget = min(p.max_tokens, self.n_ctx - len(prompt))
         # A replay of the last prompt (regenerate, the same seed again) reuses that prompt's KV cache
         # and its stored last logits, so it computes exactly what the first run did: same seed, same
@@ -273,7 +276,7 @@ class TransformersBackend(Backend):
                 generator.manual_seed(p.seed)
             else:
                 generator.seed()
-        from .torch_sampling import sample_next
+        from .torch_sampling import needs_history, sample_next
 
         device = self._input_device()
         detok = IncrementalDetokenizer(self.tokenizer)
@@ -283,7 +286,7 @@ class TransformersBackend(Backend):
         def sampled_tokens(logits):
             """Sample from `logits`, then run the model one token at a time until the consumer stops asking."""
             while True:
-                history = torch.tensor(seen) if p.repetition_penalty != 1.0 else no_history
+                history = torch.tensor(seen) if needs_history(p) else no_history
                 token = sample_next(logits, p, history, generator)
                 yield token
                 seen.append(token)

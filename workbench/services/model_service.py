@@ -207,7 +207,7 @@ class ModelService:
         for kind, value in self.generate(request, stop):
             if kind == "token":
                 pieces.append(value)
-            else:
+            elif kind == "done":
                 stats = value
         return Completion("".join(pieces), stats)
 

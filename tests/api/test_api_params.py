@@ -1,0 +1,149 @@
+"""The API's OpenAI parameters on the real engines (llama.cpp and Transformers), with the official client.
+
+Each parameter is proved on both: n, logprobs/top_logprobs, logit_bias, presence/frequency
+penalties, response_format json_object and json_schema (every reply parses and matches),
+streamed and whole replies agreeing, context_length_exceeded.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import openai
+import pytest
+import uvicorn
+
+from tests.conftest import CAPITAL_QUESTION
+from workbench.api.server import build_api
+from workbench.options import LoadOptions
+from workbench.paths import Paths
+from workbench.services.model_service import ModelService
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string"},
+        "country": {"type": "object", "properties": {"name": {"type": "string"},
+                                                     "continent": {"enum": ["Europe", "Asia", "Africa"]}},
+                    "required": ["name", "continent"], "additionalProperties": False},
+        "sights": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+        "population": {"type": "integer"},
+    },
+    "required": ["city", "country", "sights", "population"],
+    "additionalProperties": False,
+}
+
+
+def matches(value, schema) -> bool:
+    """A small JSON Schema check for SCHEMA's keywords (type, enum, properties, required, items, maxItems)."""
+    if "enum" in schema:
+        return value in schema["enum"]
+    kind = schema.get("type")
+    if kind == "object":
+        props = schema.get("properties", {})
+        return isinstance(value, dict) and set(schema.get("required", ())) <= set(value) \
+            and (schema.get("additionalProperties", True) or set(value) <= set(props)) \
+            and all(matches(value[k], props[k]) for k in value if k in props)
+    if kind == "array":
+        return isinstance(value, list) and len(value) <= schema.get("maxItems", 1 << 30) \
+            and all(matches(v, schema["items"]) for v in value)
+    return {"string": isinstance(value, str), "integer": isinstance(value, int) and not isinstance(value, bool)
+            }.get(kind, True)
+
+
+@pytest.fixture(scope="module", params=["gguf", "transformers"])
+def api(request, tmp_path_factory):
+    path = request.getfixturevalue("sample_gguf" if request.param == "gguf" else "sample_transformers")
+    models = ModelService(Paths(str(tmp_path_factory.mktemp("api_models"))))
+    models.load(path, options=LoadOptions(n_ctx=512, parallel=2, dtype="float32"))
+    server = uvicorn.Server(uvicorn.Config(build_api(models), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="any", max_retries=0, timeout=300), models
+    server.should_exit = True
+    thread.join(10)
+    models.close()
+
+
+def test_json_schema_replies_always_parse_and_match(api):
+    client, _ = api
+    fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": SCHEMA, "strict": True}}
+    ask = [{"role": "user", "content": "Describe Paris as JSON."}]
+    reply = client.chat.completions.create(model="m", messages=ask, response_format=fmt, n=2, seed=1,
+                                           temperature=1.0, max_tokens=200)
+    for choice in reply.choices:
+        assert choice.finish_reason == "stop", choice.message.content
+        assert matches(json.loads(choice.message.content), SCHEMA), choice.message.content
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="m", messages=ask, response_format=fmt, seed=1, temperature=1.0, max_tokens=200, stream=True)
+        if c.choices and c.choices[0].index == 0)
+    assert streamed == reply.choices[0].message.content
+    loose = client.chat.completions.create(model="m", messages=ask, response_format={"type": "json_object"},
+                                           temperature=0, max_tokens=120)
+    assert isinstance(json.loads(loose.choices[0].message.content), dict)
+
+
+def test_logprobs_streamed_and_whole_agree(api):
+    client, _ = api
+    whole = client.chat.completions.create(model="m", messages=CAPITAL_QUESTION, temperature=0, max_tokens=12,
+                                           logprobs=True, top_logprobs=3)
+    content = whole.choices[0].logprobs.content
+    assert len(content) == whole.usage.completion_tokens
+    assert "".join(e.token for e in content) == whole.choices[0].message.content
+    for entry in content:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
+        assert entry.top_logprobs[0].token == entry.token  # greedy: the most likely token
+        assert abs(entry.top_logprobs[0].logprob - entry.logprob) < 1e-4
+    streamed = [e for c in client.chat.completions.create(
+        model="m", messages=CAPITAL_QUESTION, temperature=0, max_tokens=12, logprobs=True, top_logprobs=3,
+        stream=True) if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [e.token for e in streamed] == [e.token for e in content]
+    assert [round(e.logprob, 3) for e in streamed] == [round(e.logprob, 3) for e in content]
+    legacy = client.completions.create(model="m", prompt="The capital of France is", temperature=0, max_tokens=4,
+                                       logprobs=2)
+    assert len(legacy.choices[0].logprobs.tokens) == 4 and legacy.choices[0].logprobs.text_offset[0] == 0
+
+
+def test_logit_bias_bans_a_word(api):
+    client, models = api
+    plain = client.chat.completions.create(model="m", messages=CAPITAL_QUESTION, temperature=0, max_tokens=20)
+    assert "Paris" in plain.choices[0].message.content
+    banned = {str(t): -100 for word in ("Paris", " Paris") for t in models.tokenize(word)[:1]}
+    biased = client.chat.completions.create(model="m", messages=CAPITAL_QUESTION, temperature=0, max_tokens=20,
+                                            logit_bias=banned)
+    assert "Paris" not in biased.choices[0].message.content
+
+
+def test_penalties_and_n_with_seeds(api):
+    client, models = api
+    ask = [{"role": "user", "content": "Repeat the word cat ten times."}]
+    plain = client.chat.completions.create(model="m", messages=ask, temperature=0, max_tokens=30)
+    penalised = client.chat.completions.create(model="m", messages=ask, temperature=0, max_tokens=30,
+                                               frequency_penalty=2.0)
+    assert penalised.choices[0].message.content != plain.choices[0].message.content
+    # " apple" leads " banana" by about 2.8 nats here; a +1.5 bias on banana leaves apple ahead
+    # until a presence penalty of 2 (apple is in the context, banana is not) tips it.
+    prompt = "The list: apple, apple, apple, apple,"
+    bias = {str(models.tokenize(" banana")[0]): 1.5}
+    plain = client.completions.create(model="m", prompt=prompt, temperature=0, max_tokens=8,
+                                      logit_bias=bias).choices[0].text
+    present = client.completions.create(model="m", prompt=prompt, temperature=0, max_tokens=8, logit_bias=bias,
+                                        presence_penalty=2.0).choices[0].text
+    assert plain.count("apple") > present.count("apple"), (plain, present)
+    both = client.chat.completions.create(model="m", messages=CAPITAL_QUESTION, temperature=1.0, seed=5, n=2,
+                                          max_tokens=16)
+    alone = [client.chat.completions.create(model="m", messages=CAPITAL_QUESTION, temperature=1.0, seed=seed,
+                                            max_tokens=16).choices[0].message.content for seed in (5, 6)]
+    assert [c.message.content for c in both.choices] == alone
+
+
+def test_an_over_long_prompt_is_context_length_exceeded(api):
+    client, _ = api
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "cat " * 600}])
+    assert e.value.code == "context_length_exceeded"
