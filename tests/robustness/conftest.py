@@ -154,6 +154,29 @@ HOSTILE_TEMPLATES = {
     "giant-exponent": ("{{ (messages|length + 6) ** 123456789 }}", "too large"),
     "endless-recursion": ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "calls itself"),
     "refuses-everything": ("{{ raise_exception('no chatting today') }}", "no chatting today"),
+    # The red team's (issue 15): each used to burn seconds to minutes of CPU or gigabytes before a check.
+    "chained-power": ("{{ 7 ** 1024 ** 1024 ** 1024 }}", "bits"),
+    "squaring-loop": ("{% set ns = namespace(x=7) %}{% for i in range(40) %}{% set ns.x = ns.x * ns.x %}"
+                      "{% endfor %}{{ ns.x }}", "bits"),
+    "center": ("{{ 'x'|center(500000000) }}", "width"),
+    "printf-width": ("{{ '%0500000000d'|format(1) }}", "width"),
+    "printf-operator": ("{{ '%0500000000d' % 1 }}", "width"),
+    "str-format-width": ("{{ '{:>500000000}'.format(1) }}", "width"),
+    "str-method-width": ("{{ 'x'.ljust(500000000) }}", "width"),
+    "tojson-indent": ("{{ messages|tojson(indent=300000000) }}", "indent"),
+    "indent": ("{{ 'a\nb'|indent(500000000) }}", "width"),
+    "string-doubling": ("{% set ns = namespace(s='xy') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}"
+                        "{% endfor %}{{ ns.s|length }}", "exceed|made more than"),
+    "plus-doubling": ("{% set ns = namespace(s='xy') %}{% for i in range(60) %}{% set ns.s = ns.s + ns.s %}"
+                      "{% endfor %}", "exceed|made more than"),
+    "list-sort": ("{{ ([3, 1, 2] * 6000000)|sort|length }}", "items"),
+    "list-nesting": ("{% set ns = namespace(a=['x' * 1000]) %}{% for i in range(40) %}"
+                     "{% set ns.a = [ns.a, ns.a] %}{% endfor %}{{ ns.a }}", "exceed"),
+    "lipsum": ("{{ lipsum(n=100000) }}", "lipsum"),
+    "replace-blowup": ("{{ ('x' * 100000)|replace('x', 'y' * 100000) }}", "exceed"),
+    "join-blowup": ("{{ (['x' * 1000000] * 1000)|join }}", "exceed"),
+    "batch-fill": ("{{ [1]|batch(1000000000, 'x')|list }}", "batch"),
+    "output-loop": ("{% set s = 'x' * 10000000 %}{% for i in range(100) %}{{ s }}{% endfor %}", "exceed"),
 }
 
 
