@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import fields, replace
+from functools import partial
 
 import gradio as gr
 import pandas as pd
@@ -205,6 +206,30 @@ def _result_layout() -> dict:
     return r
 
 
+def run_view_of(training: TrainingService, name: str | None) -> tuple:
+    """(status, loss plot, log tail) of run `name`."""
+    if not name:
+        return status_markdown(None), loss_frame([]), ""
+    try:
+        return (status_markdown(training.status(name), training.paths.root), loss_frame(training.metrics(name)),
+                training.log_tail(name, 12))
+    except WorkbenchError as e:
+        return f"**{e}**", loss_frame([]), ""
+
+
+def runs_update_of(training: TrainingService, value: str | None = None):
+    """The run list, keeping `value` selected when it still exists."""
+    names = training.names()
+    return gr.update(choices=names, value=value if value in names else (names[0] if names else None))
+
+
+def datasets_update_of(training: TrainingService, value: str | None = None) -> tuple:
+    """The three dataset lists (dataset, validation file, perplexity text), `value` selected in the first."""
+    choices = training.datasets()
+    return (gr.update(choices=choices, value=value) if value else gr.update(choices=choices),
+            gr.update(choices=[""] + choices), gr.update(choices=choices))
+
+
 def build_training_tab(training: TrainingService, models: ModelService, jobs: JobService, page: gr.Blocks,
                        load_defaults: LoadOptions) -> None:
     """The tab. Its lists (models, datasets, runs) fill in on `page` load: that also shows runs started
@@ -227,23 +252,8 @@ def build_training_tab(training: TrainingService, models: ModelService, jobs: Jo
     view = [r["run_status"], r["loss_plot"], r["log_tail"]]
     dataset_lists = [f["dataset"], f["validation_file"], r["ppl_text"]]
 
-    def run_view(name):
-        if not name:
-            return status_markdown(None), loss_frame([]), ""
-        try:
-            return (status_markdown(training.status(name), training.paths.root), loss_frame(training.metrics(name)),
-                    training.log_tail(name, 12))
-        except WorkbenchError as e:
-            return f"**{e}**", loss_frame([]), ""
-
-    def runs_update(value=None):
-        names = training.names()
-        return gr.update(choices=names, value=value if value in names else (names[0] if names else None))
-
-    def datasets_update(value=None):
-        choices = training.datasets()
-        return (gr.update(choices=choices, value=value) if value else gr.update(choices=choices),
-                gr.update(choices=[""] + choices), gr.update(choices=choices))
+    run_view, runs_update, datasets_update = (partial(run_view_of, training), partial(runs_update_of, training),
+                                              partial(datasets_update_of, training))
 
     @shows_errors
     def on_preview(*values):
