@@ -162,3 +162,12 @@ def test_parallel_slots_multiply_the_kv_cache_and_auto_takes_what_fits(sample_gg
     assert not refused.fits and "lower parallel requests below 8" in refusal(refused)
     transformers = make_plan(d, BACKENDS.get("transformers"), LoadOptions(n_ctx=2048, parallel=4), CPU_BOX)
     assert transformers.parallel == 1  # a backend that does not batch gets one slot
+
+
+def test_auto_gpu_layers_search_does_not_walk_every_claimed_layer(sample_gguf):
+    """A model that claims millions of layers (past detection, say a backend's own sniff) plans at once."""
+    import dataclasses
+
+    d = dataclasses.replace(detect(sample_gguf), n_layers=10_000_000)
+    plan = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(parallel=1, n_ctx=512), GPU_BOX)
+    assert plan.n_gpu_layers is not None and "layers fit on cuda:0" in " ".join(plan.notes)

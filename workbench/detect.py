@@ -21,8 +21,14 @@ from .gguf_reader import FILE_TYPES, GGML_TYPES, GGUF_MAGIC, read_gguf_header
 GGUF, GPTQ, TRANSFORMERS = "gguf", "gptq", "transformers"
 FORMATS = (GGUF, GPTQ, TRANSFORMERS)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-# A safetensors header larger than this is not a real model header.
-_MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+# A real safetensors header is some kilobytes per hundred tensors, far below 1% of the weights; a
+# larger one would cost seconds and hundreds of MB on every listing, so it is refused. Small files
+# (tiny test models) may have up to 1 MiB of header.
+_MAX_SAFETENSORS_HEADER = 16 * 1024 * 1024
+_SMALL_HEADER = 1024 * 1024
+# Geometry beyond these is a corrupt or hostile file, not a model (and would make the planner loop).
+_MAX_LAYERS = 10_000
+_MAX_DIM = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,17 @@ def detect(path: str, trust_pickle: bool = False) -> Detection:
     )
 
 
+def _geometry(value, what: str, name: str, limit: int = _MAX_DIM) -> int | None:
+    """A model's count or size from its metadata: a positive int, None when absent or not a number,
+    and a clear error when it is beyond any real model."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return None
+    if value > limit:
+        raise DetectionError(f"{_shown(name)} is corrupt: it claims {value:,} {what} (more than {limit:,}); "
+                             "replace the file.")
+    return value
+
+
 def _detect_gguf(path: str) -> Detection:
     header = read_gguf_header(path)
     md = header.metadata
@@ -106,7 +123,8 @@ def _detect_gguf(path: str) -> Detection:
     n_heads = arch_key("attention.head_count")
     n_kv = arch_key("attention.head_count_kv") or n_heads
     emb = arch_key("embedding_length")
-    head_dim = arch_key("attention.key_length") or (emb // n_heads if emb and n_heads else None)
+    head_dim = arch_key("attention.key_length") or (emb // n_heads if isinstance(emb, int) and isinstance(n_heads, int)
+                                                    and n_heads > 0 else None)
     ftype = md.get("general.file_type")
     quant = FILE_TYPES.get(ftype) if isinstance(ftype, int) else None
     if quant is None:
@@ -121,13 +139,13 @@ def _detect_gguf(path: str) -> Detection:
         format=GGUF,
         evidence=f"GGUF magic bytes, version {header.version}, {len(header.tensors)} tensors",
         architecture=arch,
-        n_layers=arch_key("block_count"),
-        context_length=arch_key("context_length"),
-        embedding_size=emb,
-        n_heads=n_heads if isinstance(n_heads, int) else None,
-        n_kv_heads=n_kv if isinstance(n_kv, int) else None,
-        head_dim=head_dim,
-        vocab_size=vocab,
+        n_layers=_geometry(arch_key("block_count"), "layers", os.path.basename(path), _MAX_LAYERS),
+        context_length=_geometry(arch_key("context_length"), "tokens of context", os.path.basename(path), 1 << 30),
+        embedding_size=_geometry(emb, "embedding width", os.path.basename(path)),
+        n_heads=_geometry(n_heads, "attention heads", os.path.basename(path)),
+        n_kv_heads=_geometry(n_kv, "key/value heads", os.path.basename(path)),
+        head_dim=_geometry(head_dim, "head width", os.path.basename(path)),
+        vocab_size=_geometry(vocab, "vocabulary entries", os.path.basename(path)),
         quantization=quant,
         parameter_count=sum(t.n_elements for t in header.tensors),
         size_bytes=header.file_size,
@@ -157,8 +175,11 @@ def read_safetensors_header(path: str) -> dict:
         if len(raw_len) < 8:
             raise DetectionError(f"{name} is too small to be a safetensors file ({size} bytes).")
         (n,) = struct.unpack("<Q", raw_len)
-        if n > _MAX_SAFETENSORS_HEADER or 8 + n > size:
+        if 8 + n > size:
             raise DetectionError(f"{name} has a malformed safetensors header (claims {n} bytes); replace the file.")
+        if n > min(_MAX_SAFETENSORS_HEADER, max(_SMALL_HEADER, size // 100)):
+            raise DetectionError(f"{name} has a malformed safetensors header: {n:,} bytes of header for "
+                                 f"{size:,} bytes of file is far more than a model's; replace the file.")
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -274,7 +295,8 @@ def _detect_folder(folder: str, trust_pickle: bool) -> Detection:
     text_cfg = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
     n_heads = text_cfg.get("num_attention_heads")
     emb = text_cfg.get("hidden_size")
-    head_dim = text_cfg.get("head_dim") or (emb // n_heads if emb and n_heads else None)
+    head_dim = text_cfg.get("head_dim") or (emb // n_heads if isinstance(emb, int) and isinstance(n_heads, int)
+                                            and n_heads > 0 else None)
     archs = config.get("architectures")
     if fmt == GPTQ:
         quant = f"gptq {bits}-bit" + (f" g{group}" if group else "")
@@ -286,13 +308,13 @@ def _detect_folder(folder: str, trust_pickle: bool) -> Detection:
         format=fmt,
         evidence="; ".join(evidence),
         architecture=(archs[0] if isinstance(archs, list) and archs else None) or config.get("model_type"),
-        n_layers=text_cfg.get("num_hidden_layers"),
-        context_length=text_cfg.get("max_position_embeddings"),
-        embedding_size=emb,
-        n_heads=n_heads,
-        n_kv_heads=text_cfg.get("num_key_value_heads") or n_heads,
-        head_dim=head_dim,
-        vocab_size=text_cfg.get("vocab_size"),
+        n_layers=_geometry(text_cfg.get("num_hidden_layers"), "layers", folder, _MAX_LAYERS),
+        context_length=_geometry(text_cfg.get("max_position_embeddings"), "tokens of context", folder, 1 << 30),
+        embedding_size=_geometry(emb, "embedding width", folder),
+        n_heads=_geometry(n_heads, "attention heads", folder),
+        n_kv_heads=_geometry(text_cfg.get("num_key_value_heads") or n_heads, "key/value heads", folder),
+        head_dim=_geometry(head_dim, "head width", folder),
+        vocab_size=_geometry(text_cfg.get("vocab_size"), "vocabulary entries", folder),
         quantization=quant,
         parameter_count=_count_parameters(headers, bits if fmt == GPTQ else None) if headers else None,
         size_bytes=sum(os.path.getsize(os.path.join(folder, f)) for f in used),
@@ -300,3 +322,66 @@ def _detect_folder(folder: str, trust_pickle: bool) -> Detection:
         weight_files=tuple(used),
         pickle_weights=not files,
     )
+
+
+class DetectionCache:
+    """Detections remembered by file identity, so listing the models again reads no file twice.
+
+    A file's identity is its path, size, mtime_ns, inode and device; a folder's is that of
+    every entry in it (model folders are flat), so replacing, growing or touching any file
+    detects again. Errors are remembered the same way. At most `size` paths are kept.
+    """
+
+    def __init__(self, size: int = 1024):
+        import threading
+        from collections import OrderedDict
+
+        self.size = size
+        self._entries: OrderedDict = OrderedDict()  # (path, trust_pickle) -> (identity, Detection or error)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def identity(path: str) -> tuple | None:
+        """What changes when the model at `path` changes; None when it cannot be read."""
+        try:
+            st = os.stat(path)
+            own = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+            if not os.path.isdir(path):
+                return own
+            entries = []
+            with os.scandir(path) as it:
+                for entry in it:
+                    try:
+                        est = entry.stat()
+                    except OSError:
+                        continue
+                    entries.append((entry.name, est.st_size, est.st_mtime_ns, est.st_ino))
+            return own, tuple(sorted(entries))
+        except OSError:
+            return None
+
+    def get(self, path: str, trust_pickle: bool, detect_fn) -> Detection:
+        """`detect_fn(path, trust_pickle)`, or what it answered before for this identity."""
+        key = (os.path.abspath(path), trust_pickle)
+        ident = self.identity(key[0])
+        if ident is None:
+            return detect_fn(path, trust_pickle)
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None and hit[0] == ident:
+                self._entries.move_to_end(key)
+                found = hit[1]
+            else:
+                found = None
+        if found is None:
+            try:
+                found = detect_fn(path, trust_pickle)
+            except DetectionError as e:
+                found = e
+            with self._lock:
+                self._entries[key] = (ident, found)
+                while len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
+        if isinstance(found, DetectionError):
+            raise found
+        return found

@@ -51,6 +51,10 @@ FILE_TYPES = {
 _MAX_KEPT_ARRAY = 64
 # A header claiming more entries than this is corrupt, whatever the file size.
 _MAX_ENTRIES = 10_000_000
+# Real models have some thousands of tensors and keys (a model with unmerged experts some tens of
+# thousands); a header claiming more costs seconds to read on every listing, so it is refused.
+_MAX_TENSORS = 200_000
+_MAX_KEYS = 100_000
 
 
 @dataclass
@@ -183,8 +187,9 @@ def read_gguf_header(path: str) -> GGUFHeader:
                 )
             n_tensors = cur.unpack("<Q")
             n_kv = cur.unpack("<Q")
-            if n_tensors > _MAX_ENTRIES or n_kv > _MAX_ENTRIES:
-                raise DetectionError(f"{name} is corrupt: its header claims {n_tensors} tensors and {n_kv} keys.")
+            if n_tensors > _MAX_TENSORS or n_kv > _MAX_KEYS:
+                raise DetectionError(f"{name} is corrupt: its header claims {n_tensors} tensors and {n_kv} keys "
+                                     f"(a real model has at most {_MAX_TENSORS:,} and {_MAX_KEYS:,}).")
             header = GGUFHeader(version=version, file_size=size)
             for _ in range(n_kv):
                 key = cur.string()

@@ -199,13 +199,15 @@ def _plan_gguf(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx: 
         place(0)
     else:
         plan.devices.insert(0, gpus[0])
-        if options.n_gpu_layers is None:  # auto: the most layers that fit the GPU
-            best = 0
-            for n in range(n_layers + 1, -1, -1):
-                place(n)
+        if options.n_gpu_layers is None:  # auto: the most layers that fit the GPU (more layers never use less)
+            best, lo, hi = 0, 0, n_layers + 1
+            while lo <= hi:  # a binary search: a model's claimed layer count does not set the time taken
+                mid = (lo + hi) // 2
+                place(mid)
                 if gpus[0].fits:
-                    best = n
-                    break
+                    best, lo = mid, mid + 1
+                else:
+                    hi = mid - 1
             place(best)
             plan.notes.append(f"Auto: {min(best, n_layers)} of {n_layers} layers fit on {gpus[0].device}.")
         else:

@@ -21,7 +21,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 
-from ..detect import GGUF, GPTQ, TRANSFORMERS, Detection, detect as detect_files
+from ..detect import GGUF, GPTQ, TRANSFORMERS, Detection, DetectionCache, detect as detect_files
 from ..errors import BackendUnavailable, WorkbenchError
 from ..plan import MiB, PlanStrategy
 
@@ -61,6 +61,7 @@ class Registry:
 
     def __init__(self, specs: tuple[BackendSpec, ...] = ()):
         self._specs: dict[str, BackendSpec] = {}
+        self._detections = DetectionCache()  # the model list asks several times per page load
         for spec in specs:
             self.register(spec)
 
@@ -102,7 +103,12 @@ class Registry:
         return spec
 
     def detect(self, path: str, trust_pickle: bool = False) -> Detection:
-        """What is at `path`: a registered backend's own format (its `sniff`), else detect.py's formats."""
+        """What is at `path`: a registered backend's own format (its `sniff`), else detect.py's formats.
+
+        Remembered by file identity (DetectionCache): a file that did not change is not read again."""
+        return self._detections.get(path, trust_pickle, self._detect_uncached)
+
+    def _detect_uncached(self, path: str, trust_pickle: bool) -> Detection:
         if os.path.isfile(path):
             for spec in self._specs.values():
                 if spec.sniff:
