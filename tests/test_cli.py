@@ -62,3 +62,27 @@ def test_bad_input_gives_one_line_and_exit_2(args, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:")
     assert message in lines[0]
+
+
+def test_generate_with_a_json_schema_prints_json_that_matches(sample_gguf, tmp_path):
+    schema = tmp_path / "city.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {
+        "city": {"type": "string"}, "continent": {"enum": ["Europe", "Asia"]},
+        "sights": {"type": "array", "items": {"type": "string"}, "maxItems": 2}},
+        "required": ["city", "continent", "sights"], "additionalProperties": False}))
+    result = run_cli("generate", sample_gguf, "-p", "Describe Paris as JSON.", "--chat", "--temperature", "0.8",
+                     "--seed", "3", "--max-tokens", "120", "--json-schema", str(schema), "--json")
+    assert result.returncode == 0, result.stderr
+    reply = json.loads(json.loads(result.stdout)["text"])
+    assert set(reply) == {"city", "continent", "sights"} and reply["continent"] in ("Europe", "Asia")
+
+
+@pytest.mark.parametrize("content, message", [("{not json", "is not valid JSON"),
+                                              ('{"type": "strin"}', "not a valid JSON Schema")])
+def test_a_bad_json_schema_file_is_one_line(tmp_path, content, message):
+    schema = tmp_path / "bad.json"
+    schema.write_text(content)
+    result = run_cli("generate", "models/" + SAMPLE_NAME, "-p", "x", "--json-schema", str(schema))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines

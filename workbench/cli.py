@@ -64,6 +64,20 @@ def cmd_inspect(args, paths) -> int:
     return 0
 
 
+def read_json_schema(path: str) -> dict:
+    """The JSON Schema in file `path`, checked as the API checks response_format."""
+    from .api.structured import check_json_schema
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            schema = json.load(f)
+    except OSError as e:
+        raise WorkbenchError(f"Cannot read the JSON schema file {path} ({e.strerror}).") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WorkbenchError(f"The JSON schema file {path} is not valid JSON ({e}).") from e
+    return check_json_schema(schema, "--json-schema")
+
+
 def cmd_generate(args, paths) -> int:
     from dataclasses import replace
 
@@ -71,7 +85,8 @@ def cmd_generate(args, paths) -> int:
 
     params = GenParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                        top_k=args.top_k, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-                       seed=args.seed, stop=args.stop or []).validate()
+                       seed=args.seed, stop=args.stop or [],
+                       json_schema=read_json_schema(args.json_schema) if args.json_schema else None).validate()
     if args.chat:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
             {"role": "user", "content": args.prompt}]
@@ -179,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int)
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--json", action="store_true", help="print one JSON object with text and timings")
+    g.add_argument("--json-schema", metavar="FILE", help="constrain the reply to JSON matching the JSON Schema in FILE")
     g.add_argument("--adapter", metavar="RUN", help="a finished LoRA run: its base model with its adapter (PATH is ignored)")
     add_load_flags(g)
     g.set_defaults(func=cmd_generate)

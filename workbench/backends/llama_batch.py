@@ -10,8 +10,9 @@ llama.cpp's own server does). Optional prompt-lookup drafting (speculative decod
 slot proposes the tokens that followed the last n-gram the last time it occurred, they
 are checked in the same decode, and the accepted ones cost no extra step. With a JSON schema
 llama.cpp's grammar sampler judges each drawn token and, when it refuses it, the draw is
-redone over the tokens it allows (llama.cpp's own common sampler does the same: checking
-one token is far cheaper than masking the whole vocabulary every step); with logprobs each token's raw distribution is scored before the draw. The sampler
+redone over the tokens it allows among the 256 likeliest (llama.cpp's own common sampler
+checks the drawn token first too: judging one token is far cheaper than masking the whole
+vocabulary every step); with logprobs each token's raw distribution is scored before the draw. The sampler
 draws at each position in order, so the text is the same with and without drafting.
 It does not own stop strings, budgets, cancel or timing: the scheduler does.
 """
@@ -26,6 +27,9 @@ from ..options import GenParams
 from .decode_loop import common_prefix
 
 PENALTY_LAST_N = 64  # tokens the repetition penalty looks back over (llama-cpp-python's default)
+# When the grammar refuses the drawn token, the redraw considers the allowed ones among this many likeliest
+# tokens (all of them only when none is allowed there): top-k, top-p and min-p keep far fewer anyway.
+GRAMMAR_SHORTLIST = 256
 
 
 @dataclass
@@ -236,12 +240,27 @@ class LlamaBatchEngine:
         one = self._candidates(logits, [token])
         llama_cpp.llama_sampler_apply(slot.grammar.sampler, ctypes.byref(one[1]))
         if one[0][0].logit == float("-inf"):
-            candidates = self._candidates(logits)
-            llama_cpp.llama_sampler_apply(slot.grammar.sampler, ctypes.byref(candidates[1]))
-            token = self._apply(slot.sampler.sampler, candidates)
+            token = self._apply(slot.sampler.sampler, self._allowed(slot, logits))
         llama_cpp.llama_sampler_accept(slot.sampler.sampler, token)
         llama_cpp.llama_sampler_accept(slot.grammar.sampler, token)
         return token
+
+    def _allowed(self, slot: Slot, logits):
+        """Candidates with the grammar applied: the GRAMMAR_SHORTLIST likeliest tokens when any of them is
+        allowed (the grammar then judges hundreds of tokens, not the whole vocabulary), else all of them."""
+        import llama_cpp
+        import numpy as np
+
+        if self.n_vocab > GRAMMAR_SHORTLIST:
+            shortlist = np.argpartition(-logits, GRAMMAR_SHORTLIST)[:GRAMMAR_SHORTLIST]
+            candidates = self._candidates(logits, shortlist)
+            llama_cpp.llama_sampler_apply(slot.grammar.sampler, ctypes.byref(candidates[1]))
+            data, array = candidates
+            if any(data[i].logit != float("-inf") for i in range(array.size)):
+                return candidates
+        candidates = self._candidates(logits)
+        llama_cpp.llama_sampler_apply(slot.grammar.sampler, ctypes.byref(candidates[1]))
+        return candidates
 
     def _candidates(self, logits, ids: list[int] | None = None):
         """A llama_token_data_array over `ids` (default: the whole vocabulary) with their logits."""
