@@ -258,10 +258,24 @@ class TrainingService:
 
     # reading -------------------------------------------------------------
     def names(self) -> list[str]:
+        """The runs, newest first; a run folder that leads outside runs/ is left out (see `listing`)."""
+        return self.listing()[0]
+
+    def listing(self) -> tuple[list[str], list[str]]:
+        """(the runs newest first, one sentence per run folder that was skipped because it leads outside runs/)."""
         if not os.path.isdir(self.paths.runs):
-            return []
-        runs = [n for n in os.listdir(self.paths.runs) if RUN_NAME.match(n) and os.path.isdir(os.path.join(self.paths.runs, n))]
-        return sorted(runs, key=lambda n: os.path.getmtime(os.path.join(self.paths.runs, n)), reverse=True)
+            return [], []
+        runs, skipped = [], []
+        for n in os.listdir(self.paths.runs):
+            if not RUN_NAME.match(n) or not os.path.isdir(os.path.join(self.paths.runs, n)):
+                continue
+            try:
+                self.run_files(n)
+            except WorkbenchError:  # a link that leads out: report it, list the rest
+                skipped.append(f"Run {n!r} leads outside runs/, so it was skipped; move it into runs/ or delete the link.")
+                continue
+            runs.append(n)
+        return sorted(runs, key=lambda n: os.path.getmtime(os.path.join(self.paths.runs, n)), reverse=True), skipped
 
     def status(self, name: str) -> RunStatus:
         run = self.run_files(name)

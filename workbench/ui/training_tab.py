@@ -218,8 +218,10 @@ def run_view_of(training: TrainingService, name: str | None) -> tuple:
 
 
 def runs_update_of(training: TrainingService, value: str | None = None):
-    """The run list, keeping `value` selected when it still exists."""
-    names = training.names()
+    """The run list, keeping `value` selected when it still exists; skipped run folders show as warnings."""
+    names, skipped = training.listing()
+    for sentence in skipped:
+        gr.Warning(sentence)
     return gr.update(choices=names, value=value if value in names else (names[0] if names else None))
 
 

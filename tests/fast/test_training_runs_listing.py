@@ -1,0 +1,27 @@
+"""One run folder that leads out of runs/ is reported and skipped; it does not block training."""
+
+from __future__ import annotations
+
+import json
+
+from workbench.paths import Paths
+from workbench.services.training_service import TrainingService
+
+from .fakes import scratch
+
+
+def test_a_run_leading_outside_is_skipped_and_training_is_not_blocked(tmp_path):
+    (tmp_path / "root").mkdir()
+    root = scratch(tmp_path / "root")
+    runs = root / "user_data" / "runs"
+    (runs / "good").mkdir(parents=True)
+    (runs / "good" / "state.json").write_text(json.dumps({"status": "completed"}))
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (runs / "x").symlink_to(outside, target_is_directory=True)
+    training = TrainingService(Paths(str(root)))
+    names, skipped = training.listing()
+    assert names == ["good"] and training.names() == ["good"]
+    assert len(skipped) == 1 and "'x' leads outside runs/" in skipped[0] and str(outside) not in skipped[0]
+    assert training.running() == []
+    training._refuse_if_busy("new-run")  # what Start and Resume ask first: no error
