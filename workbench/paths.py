@@ -10,6 +10,7 @@ Paths typed on the local command line are the user's own and are trusted.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from .errors import PathOutsideModels
@@ -73,3 +74,27 @@ def resolve_entry(folder: str, name: str, what: str = "model") -> str:
     if not os.path.isdir(folder) or name not in os.listdir(folder):
         raise PathOutsideModels(f"There is no {what} {name!r} in {os.path.basename(folder)}/; pick one from the list.")
     return os.path.join(folder, name)
+
+
+# An absolute path in a message: starts at a "/" that does not follow a word, a dot or another "/" (so
+# "tok/s", "RAM/VRAM" and URLs are left alone) and runs to whitespace, a quote or a bracket.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/[^\s'\"`,;()\[\]{}<>|]+")
+
+
+def public_text(text: str, root: str) -> str:
+    """`text` as a remote user may see it: an absolute server path inside `root` becomes its name there
+    (`models/x.gguf`), any other its last part, so messages never show where the server keeps things."""
+    roots = sorted({os.path.abspath(root), os.path.realpath(root)}, key=len, reverse=True)
+
+    def shown(match: re.Match) -> str:
+        path = match.group(0)
+        end = len(path.rstrip(".:"))  # a sentence's full stop is not part of the path
+        path, tail = path[:end], path[end:]
+        for r in roots:
+            if path == r:
+                return "the workbench folder" + tail
+            if path.startswith(r + "/"):
+                return path[len(r) + 1:] + tail
+        return (os.path.basename(path.rstrip("/")) or path) + tail
+
+    return _ABSOLUTE_PATH.sub(shown, text)

@@ -145,3 +145,16 @@ def test_host_policy_names_the_user_allows_and_share_links():
     assert HostPolicy("0.0.0.0", allowed=("My-Box.lan",)).allows("my-box.lan:7860")
     assert HostPolicy("127.0.0.1", share=True).allows("abcdef.gradio.live")
     assert not HostPolicy("127.0.0.1").allows("abcdef.gradio.live")
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("{root}/models/broken has no config.json.", "models/broken has no config.json."),
+    ("config.json in {root}/models/x is not valid JSON; fix it.", "config.json in models/x is not valid JSON; fix it."),
+    ("'/srv/secret/place/model.gguf' is truncated.", "'model.gguf' is truncated."),
+    ("needs 0.31 GiB RAM/VRAM at 12 tok/s; see https://example.org/a/b", None),
+])
+def test_messages_show_names_not_server_paths(text, shown):
+    from workbench.paths import public_text
+
+    root = "/opt/workbench"
+    assert public_text(text.format(root=root), root) == (shown or text)

@@ -24,10 +24,11 @@ LOGIN = ("user", "right-password")
 def app(tmp_path_factory):
     root = scratch(tmp_path_factory.mktemp("uiguard"))
     write_fake_model(root / "models", reply="Echo: {last_user}")
+    (root / "models" / "broken").mkdir()  # no config.json: its error names the folder
     uploads = tmp_path_factory.mktemp("gradio-tmp")
     app = App("--auth", ":".join(LOGIN), "--max-upload-mib", "1", root=str(root),
               env={"WORKBENCH_BACKENDS": "workbench.backends.fake_backend:SPEC", "GRADIO_TEMP_DIR": str(uploads)})
-    app.uploads = uploads
+    app.uploads, app.root = uploads, str(root)
     yield app
     app.stop()
 
@@ -77,6 +78,14 @@ def test_ui_upload_size_is_limited_and_leaves_no_file(app, session):
     # The accepted upload is there; nothing of the refused one is.
     after = [os.path.join(p, f) for p, _, files in os.walk(app.uploads) for f in files]
     assert len(after) == len(before) + 1 and all(os.path.getsize(f) < 1000 for f in after)
+
+
+def test_ui_errors_name_files_inside_the_workbench_not_server_paths(app):
+    client = Client(app.url, auth=LOGIN, verbose=False)
+    with pytest.raises(Exception) as e:
+        client.predict("broken", "auto", 0, -2, 512, 0, "f16", True, True, False, "auto", "auto", 0, 0,
+                       api_name="/load_model")
+    assert "models/broken" in str(e.value) and app.root not in str(e.value)
 
 
 def test_ui_login_brute_force_is_throttled(app):

@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import ContextLengthExceeded, NoModelLoaded, WorkbenchError, WorkerDied
 from ..http_guard import FailureThrottle, GuardRules, HostPolicy, RequestGuard, client_of
 from ..model_values import GenerationStats
+from ..paths import public_text
 from ..options import GenerationRequest
 from ..services.model_service import ModelService
 from .choices import Choice, ChoiceEvent, chat_logprobs, choice_requests, completion_logprobs, merged
@@ -106,17 +107,21 @@ def build_api(models: ModelService, api_key: str | None = None, cors_origins: li
                        allowed_origins=tuple(o.rstrip("/") for o in cors_origins or ()))
     app.add_middleware(RequestGuard, rules=rules, reply=_guard_reply)  # outermost: before the key check
 
+    def shown(e: Exception) -> str:
+        """The error's sentence for a remote client: server paths as names inside the workbench's folders."""
+        return public_text(str(e), models.paths.root)
+
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, e: ApiError):
-        return error_response(400, str(e), "invalid_request_error", param=e.param)
+        return error_response(400, shown(e), "invalid_request_error", param=e.param)
 
     @app.exception_handler(WorkbenchError)
     async def on_workbench_error(request: Request, e: WorkbenchError):
         if isinstance(e, ContextLengthExceeded):
-            return error_response(400, str(e), "invalid_request_error", "context_length_exceeded",
+            return error_response(400, shown(e), "invalid_request_error", "context_length_exceeded",
                                   "messages" if request.url.path.endswith("chat/completions") else "prompt")
         status, kind = _status_for(e)
-        return error_response(status, str(e), kind)
+        return error_response(status, shown(e), kind)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, e: StarletteHTTPException):
