@@ -13,7 +13,7 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from tests.ui.test_webui import App
+from tests.ui.test_webui import App, free_port
 
 from .fakes import scratch, write_fake_model
 
@@ -26,9 +26,11 @@ def app(tmp_path_factory):
     write_fake_model(root / "models", reply="Echo: {last_user}")
     (root / "models" / "broken").mkdir()  # no config.json: its error names the folder
     uploads = tmp_path_factory.mktemp("gradio-tmp")
-    app = App("--auth", ":".join(LOGIN), "--max-upload-mib", "1", root=str(root),
+    api_port = free_port()
+    app = App("--auth", ":".join(LOGIN), "--max-upload-mib", "1", "--model", "fake.json", "--api",
+              "--api-port", str(api_port), "--api-key", "the-key", root=str(root),
               env={"WORKBENCH_BACKENDS": "workbench.backends.fake_backend:SPEC", "GRADIO_TEMP_DIR": str(uploads)})
-    app.uploads, app.root = uploads, str(root)
+    app.uploads, app.root, app.api = uploads, str(root), f"http://127.0.0.1:{api_port}"
     yield app
     app.stop()
 
@@ -86,6 +88,30 @@ def test_ui_errors_name_files_inside_the_workbench_not_server_paths(app):
         client.predict("broken", "auto", 0, -2, 512, 0, "f16", True, True, False, "auto", "auto", 0, 0,
                        api_name="/load_model")
     assert "models/broken" in str(e.value) and app.root not in str(e.value)
+
+
+def test_api_red_team_cases_against_the_launched_app(app):
+    """45 cross-site `text/plain` posts (no preflight), a rebound host name, a 9 MiB body: all refused
+    before any work, and the API still answers."""
+    import concurrent.futures
+
+    key = {"Authorization": "Bearer the-key"}
+    body = '{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2000}'
+
+    def cross_site(_):
+        return httpx.post(app.api + "/v1/chat/completions", content=body, timeout=30,
+                          headers={**key, "Content-Type": "text/plain", "Origin": "http://evil.example"}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(45) as pool:
+        assert set(pool.map(cross_site, range(45))) == {403}
+    plain = httpx.post(app.api + "/v1/chat/completions", content=body, headers={**key, "Content-Type": "text/plain"})
+    assert plain.status_code == 415
+    rebound = httpx.get(app.api + "/v1/models", headers={**key, "Host": "rebind.attacker.example"})
+    assert rebound.status_code == 403
+    big = httpx.post(app.api + "/v1/chat/completions", headers=key,
+                     json={"messages": [{"role": "user", "content": "x" * (9 << 20)}]})
+    assert big.status_code == 413
+    assert httpx.get(app.api + "/health", headers=key).json()["model_loaded"] is True
 
 
 def test_ui_login_brute_force_is_throttled(app):
