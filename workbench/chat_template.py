@@ -419,17 +419,54 @@ def _compile(source: str):
 
 
 def check_messages(messages: list[dict]) -> list[dict]:
-    """Validate chat messages; return them as plain {'role', 'content'} dicts."""
+    """Validate chat messages; return them as plain dicts: role and content, plus an assistant's
+    `tool_calls` ([{"id", "type", "function": {"name", "arguments": dict}}]) and a tool result's
+    `tool_call_id` / `name` when present (an assistant message with tool calls may have no content)."""
     if not isinstance(messages, list) or not messages:
         raise WorkbenchError("A chat needs at least one message.")
     clean = []
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in VALID_ROLES or not isinstance(m.get("content"), str):
+        calls = m.get("tool_calls") if isinstance(m, dict) and m.get("role") == "assistant" else None
+        content = m.get("content") if isinstance(m, dict) else None
+        if calls and content is None:
+            content = ""
+        if not isinstance(m, dict) or m.get("role") not in VALID_ROLES or not isinstance(content, str):
             raise WorkbenchError(
                 f"Message {i + 1} must have a role ({', '.join(VALID_ROLES)}) and text content."
             )
-        clean.append({"role": m["role"], "content": m["content"]})
+        message = {"role": m["role"], "content": content}
+        if calls:
+            if not isinstance(calls, list) or not all(isinstance(c, dict) and isinstance(c.get("function"), dict)
+                                                      for c in calls):
+                raise WorkbenchError(f"Message {i + 1}'s tool_calls must be a list of function calls.")
+            message["tool_calls"] = calls
+        for key in ("tool_call_id", "name"):
+            if m["role"] == "tool" and isinstance(m.get(key), str):
+                message[key] = m[key]
+        clean.append(message)
     return clean
+
+
+def _without_tool_syntax(messages: list[dict], tools: list[dict] | None, template: str) -> list[dict]:
+    """For a template that does not render tools or tool calls itself: the tools described in the system
+    message (tool_calls.tool_preamble) and each assistant's calls written into its content, Hermes style."""
+    from .tool_calls import tool_preamble
+
+    out = []
+    for m in messages:
+        if m.get("tool_calls") and "tool_calls" not in template:
+            calls = "\n".join("<tool_call>\n" + json.dumps({"name": c["function"].get("name"),
+                                                              "arguments": c["function"].get("arguments")},
+                                                             ensure_ascii=False) + "\n</tool_call>"
+                              for c in m["tool_calls"])
+            m = {"role": m["role"], "content": (m["content"] + "\n" if m["content"] else "") + calls}
+        out.append(m)
+    if tools and "tools" not in template:
+        if out and out[0]["role"] == "system":
+            out[0] = {**out[0], "content": out[0]["content"] + "\n\n" + tool_preamble(tools)}
+        else:
+            out.insert(0, {"role": "system", "content": tool_preamble(tools)})
+    return out
 
 
 def render_chat(
@@ -438,16 +475,22 @@ def render_chat(
     bos_token: str = "",
     eos_token: str = "",
     add_generation_prompt: bool = True,
+    tools: list[dict] | None = None,
 ) -> str:
-    """Render `messages` with `template` (ChatML when None) in the sandbox."""
+    """Render `messages` with `template` (ChatML when None) in the sandbox.
+
+    `tools` (OpenAI function tools) go to the template as its `tools` variable; a template that
+    never mentions them gets them as a system-prompt section instead (see _without_tool_syntax).
+    """
     from jinja2.exceptions import SecurityError, TemplateError as JinjaTemplateError
 
     compiled = _compile(template or CHATML_TEMPLATE)
     try:
         with _line_budget(MAX_TEMPLATE_LINES):
             text = compiled.render(
-                messages=check_messages(messages),
+                messages=_without_tool_syntax(check_messages(messages), tools, template or CHATML_TEMPLATE),
                 add_generation_prompt=add_generation_prompt,
+                **({"tools": tools} if tools else {}),
                 bos_token=bos_token,
                 eos_token=eos_token,
                 range=_budgeted_range(),
@@ -478,6 +521,7 @@ def prompt_text(request, template: str | None, bos_token: str = "", eos_token: s
     if request.continue_last:
         if not request.messages or request.messages[-1].get("role") != "assistant":
             raise WorkbenchError("There is no reply to continue; send a message first.")
-        head = render_chat(request.messages[:-1], template, bos_token, eos_token) if len(request.messages) > 1 else ""
+        head = render_chat(request.messages[:-1], template, bos_token, eos_token,
+                           tools=request.tools) if len(request.messages) > 1 else ""
         return head + request.messages[-1]["content"]
-    return render_chat(request.messages, template, bos_token, eos_token)
+    return render_chat(request.messages, template, bos_token, eos_token, tools=request.tools)

@@ -166,12 +166,13 @@ class GenerationRequest:
     params: GenParams = field(default_factory=GenParams)
     continue_last: bool = False         # messages end with a partial assistant reply: continue it
     fit_context: bool = False           # drop the oldest turns that do not fit (see context_fit.py)
+    tools: list[dict] | None = None     # OpenAI function tools the chat template describes to the model
 
     def to_dict(self) -> dict:
         return {"messages": self.messages, "prompt": self.prompt, "params": self.params.to_dict(),
-                "continue_last": self.continue_last, "fit_context": self.fit_context}
+                "continue_last": self.continue_last, "fit_context": self.fit_context, "tools": self.tools}
 
     @classmethod
     def from_dict(cls, data: dict) -> "GenerationRequest":
         return cls(data.get("messages"), data.get("prompt"), GenParams.from_dict(data.get("params") or {}),
-                   bool(data.get("continue_last")), bool(data.get("fit_context")))
+                   bool(data.get("continue_last")), bool(data.get("fit_context")), data.get("tools"))

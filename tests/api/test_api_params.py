@@ -147,3 +147,41 @@ def test_an_over_long_prompt_is_context_length_exceeded(api):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "cat " * 600}])
     assert e.value.code == "context_length_exceeded"
+
+
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city.",
+                                      "parameters": {"type": "object", "properties": {
+                                          "city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+                                          "required": ["city", "unit"], "additionalProperties": False}}},
+    {"type": "function", "function": {"name": "get_time", "description": "Current time in a city.",
+                                      "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                     "required": ["city"], "additionalProperties": False}}},
+]
+
+
+def test_required_and_named_tool_calls_parse_and_a_two_step_conversation_round_trips(api):
+    client, _ = api
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    whole = client.chat.completions.create(model="m", messages=ask, tools=TOOLS, tool_choice="required",
+                                           temperature=0, max_tokens=100)
+    choice = whole.choices[0]
+    assert choice.finish_reason == "tool_calls", choice.message
+    (call,) = choice.message.tool_calls
+    args = json.loads(call.function.arguments)
+    assert call.function.name in ("get_weather", "get_time") and isinstance(args["city"], str)
+    streamed = [c for chunk in client.chat.completions.create(
+        model="m", messages=ask, tools=TOOLS, tool_choice="required", temperature=0, max_tokens=100, stream=True)
+        if chunk.choices for c in chunk.choices[0].delta.tool_calls or ()]
+    assert [(c.function.name, c.function.arguments) for c in streamed] == [(call.function.name,
+                                                                           call.function.arguments)]
+    named = client.chat.completions.create(model="m", messages=ask, tools=TOOLS, temperature=0.8, seed=2,
+                                           tool_choice={"type": "function", "function": {"name": "get_time"}},
+                                           max_tokens=100)
+    (time_call,) = named.choices[0].message.tool_calls
+    assert time_call.function.name == "get_time" and set(json.loads(time_call.function.arguments)) == {"city"}
+    history = ask + [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+                     {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 22, "sky": "sunny"}'}]
+    answer = client.chat.completions.create(model="m", messages=history, tools=TOOLS, tool_choice="none",
+                                            temperature=0, max_tokens=40)
+    assert answer.choices[0].finish_reason in ("stop", "length") and answer.choices[0].message.content

@@ -285,7 +285,7 @@ API_CASES = [
     ("chat/completions", {"messages": USER, "top_k": 1.5}, None, "top_k"),
     ("chat/completions", {"messages": USER, "seed": -1}, None, "seed"),
     ("chat/completions", {"messages": USER, "seed": 2**70}, None, "seed"),
-    ("chat/completions", {"messages": USER, "n": 2}, None, "'n'"),
+    ("chat/completions", {"messages": USER, "n": 99}, None, "'n'"),
     ("chat/completions", {"messages": USER, "stream": "yes"}, None, "stream"),
     ("chat/completions", {"messages": USER, "stop": [1]}, None, "stop"),
     ("chat/completions", {"messages": USER, "stop": ["a"] * 9}, None, "stop"),

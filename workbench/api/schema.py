@@ -39,6 +39,7 @@ class ParsedRequest:
     messages: list[dict] | None = None
     prompt: str | None = None
     n: int = 1                     # choices, generated at once with seeds seed, seed+1, ...
+    tools: "ToolRequest | None" = None  # the request's tools and tool_choice (chat only)
 
 
 def _number(body: dict, key: str, default, kind=float, lo=None, hi=None):
@@ -133,17 +134,27 @@ def parse_chat_request(body: dict) -> ParsedRequest:
         raise ApiError("'messages' must be a non-empty list.", "messages")
     if len(messages) > MAX_MESSAGES:
         raise ApiError(f"At most {MAX_MESSAGES} messages per request.", "messages")
+    from .structured import message_tool_calls, parse_tools
+
     clean, total = [], 0
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "developer"):
-            raise ApiError(f"messages[{i}] needs a role of system, user or assistant.", "messages")
-        text = _text(m.get("content", ""), f"messages[{i}].content")
-        total += len(text)
-        clean.append({"role": "system" if m["role"] == "developer" else m["role"], "content": text})
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "developer", "tool"):
+            raise ApiError(f"messages[{i}] needs a role of system, user, assistant or tool.", "messages")
+        calls = message_tool_calls(m, i) if m["role"] == "assistant" else None
+        content = m.get("content", "")
+        text = "" if calls and content is None else _text(content, f"messages[{i}].content")
+        total += len(text) + sum(len(c["function"]["name"]) + len(str(c["function"]["arguments"])) for c in calls or ())
+        message = {"role": "system" if m["role"] == "developer" else m["role"], "content": text}
+        if calls:
+            message["tool_calls"] = calls
+        if m["role"] == "tool" and isinstance(m.get("tool_call_id"), str):
+            message["tool_call_id"] = m["tool_call_id"][:200]
+        clean.append(message)
     if total > MAX_PROMPT_CHARS:
         raise ApiError(f"The messages hold {total:,} characters; the limit is {MAX_PROMPT_CHARS:,}.", "messages")
     stream, usage = _stream_flags(body)
-    return ParsedRequest(_params(body), stream, usage, messages=clean, n=_number(body, "n", 1, int, 1, MAX_N))
+    return ParsedRequest(_params(body), stream, usage, messages=clean, n=_number(body, "n", 1, int, 1, MAX_N),
+                         tools=parse_tools(body))
 
 
 def parse_completion_request(body: dict) -> ParsedRequest:

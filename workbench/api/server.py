@@ -16,6 +16,7 @@ import hmac
 import json
 import time
 import uuid
+from dataclasses import replace
 from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -30,6 +31,7 @@ from ..model_values import GenerationStats
 from ..paths import public_text
 from ..options import GenerationRequest
 from ..services.model_service import ModelService
+from ..tool_calls import ToolCall, ToolCallStream, calls_schema, parse_tool_calls
 from .choices import Choice, ChoiceEvent, chat_logprobs, choice_requests, completion_logprobs, merged
 from .schema import ApiError, parse_chat_request, parse_completion_request
 
@@ -162,8 +164,12 @@ def build_api(models: ModelService, api_key: str | None = None, cors_origins: li
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         parsed = parse_chat_request(await body_of(request))
-        return await respond(request, GenerationRequest(messages=parsed.messages, params=parsed.params), parsed,
-                             chat=True)
+        offered = parsed.tools.offered() if parsed.tools else []
+        params = parsed.params
+        if parsed.tools and parsed.tools.forced():  # the reply must be a call: decode only valid ones
+            params = replace(params, json_schema=calls_schema(offered))
+        gen = GenerationRequest(messages=parsed.messages, params=params, tools=offered or None)
+        return await respond(request, gen, parsed, chat=True, offered=offered)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -171,7 +177,7 @@ def build_api(models: ModelService, api_key: str | None = None, cors_origins: li
         return await respond(request, GenerationRequest(prompt=parsed.prompt, params=parsed.params), parsed,
                              chat=False)
 
-    async def respond(request: Request, gen: GenerationRequest, parsed, chat: bool):
+    async def respond(request: Request, gen: GenerationRequest, parsed, chat: bool, offered: list[dict] = ()):
         name = models.loaded_name()
         if name is None:
             raise NoModelLoaded("No model is loaded; load one in the Model tab or start with --model.")
@@ -185,7 +191,7 @@ def build_api(models: ModelService, api_key: str | None = None, cors_origins: li
             except StopAsyncIteration:
                 first = None
             return ClosingStreamingResponse(
-                _sse(first, events, rid, created, name, chat, parsed),
+                _sse(first, events, rid, created, name, chat, parsed, offered),
                 media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         choices = [Choice() for _ in range(parsed.n)]
 
@@ -206,9 +212,14 @@ def build_api(models: ModelService, api_key: str | None = None, cors_origins: li
         wire = []
         for i, c in enumerate(choices):
             if chat:
-                wire.append({"index": i, "message": {"role": "assistant", "content": c.text},
+                content, calls = parse_tool_calls(c.text, offered) if offered else (c.text, [])
+                calls = calls if parsed.tools is None or parsed.tools.parallel else calls[:1]
+                message = {"role": "assistant", "content": content or (None if calls else "")}
+                if calls:
+                    message["tool_calls"] = [_wire_call(call) for call in calls]
+                wire.append({"index": i, "message": message,
                              "logprobs": chat_logprobs(c.logprobs) if parsed.params.logprobs is not None else None,
-                             "finish_reason": _finish(c.stats)})
+                             "finish_reason": "tool_calls" if calls else _finish(c.stats)})
             else:
                 wire.append({"index": i, "text": c.text, "finish_reason": _finish(c.stats),
                              "logprobs": completion_logprobs(c.logprobs) if parsed.params.logprobs is not None
@@ -227,6 +238,12 @@ def _bounded_int(digits: str) -> int:
     if len(digits.lstrip("-")) > MAX_INT_DIGITS:
         raise ApiError(f"A number in the request has more than {MAX_INT_DIGITS} digits.")
     return int(digits)
+
+
+def _wire_call(call: ToolCall, index: int | None = None) -> dict:
+    wire = {"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments}}
+    return wire if index is None else {"index": index, **wire}
 
 
 def _finish(stats: GenerationStats) -> str:
@@ -264,16 +281,23 @@ class ClosingStreamingResponse(StreamingResponse):
 
 
 async def _sse(first: ChoiceEvent | None, events: AsyncIterator[ChoiceEvent], rid: str, created: int, model: str,
-               chat: bool, parsed) -> AsyncIterator[str]:
-    """Server-Sent Events in OpenAI's chunk format, ending with `data: [DONE]`; closing it ends the generations."""
+               chat: bool, parsed, offered: list[dict] = ()) -> AsyncIterator[str]:
+    """Server-Sent Events in OpenAI's chunk format, ending with `data: [DONE]`; closing it ends the generations.
+
+    With tools offered, text that may be a tool call is held back; at the end of a choice its calls
+    go out as one `tool_calls` delta (each call whole: id, name and arguments) and finish_reason tool_calls.
+    """
     obj = "chat.completion.chunk" if chat else "text_completion"
     wants_logprobs = parsed.params.logprobs is not None
     offsets = [0] * parsed.n  # completions' text_offset runs on across chunks
+    tool_streams = [ToolCallStream() for _ in range(parsed.n)] if offered else None
 
     def chunk(index: int, text: str | None, finish: str | None, logprobs: list[dict] | None = None,
-              role: bool = False) -> str:
+              role: bool = False, calls: list[ToolCall] = ()) -> str:
         if chat:
             delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
+            if calls:
+                delta["tool_calls"] = [_wire_call(call, k) for k, call in enumerate(calls)]
             choice = {"index": index, "delta": delta, "finish_reason": finish}
             if wants_logprobs:
                 choice["logprobs"] = chat_logprobs(logprobs) if logprobs else None
@@ -291,10 +315,20 @@ async def _sse(first: ChoiceEvent | None, events: AsyncIterator[ChoiceEvent], ri
     try:
         while event is not None:
             if event.stats is None:
-                if event.text or event.logprobs:
-                    yield chunk(event.index, event.text, None, event.logprobs)
+                text = tool_streams[event.index].feed(event.text) if tool_streams else event.text
+                if text or event.logprobs:
+                    yield chunk(event.index, text, None, event.logprobs)
             else:
-                yield chunk(event.index, None, _finish(event.stats))
+                finish, calls = _finish(event.stats), []
+                if tool_streams:
+                    rest, calls = tool_streams[event.index].finish(offered)
+                    calls = calls if parsed.tools is None or parsed.tools.parallel else calls[:1]
+                    if rest:
+                        yield chunk(event.index, rest, None)
+                    if calls:
+                        yield chunk(event.index, None, None, calls=calls)
+                        finish = "tool_calls"
+                yield chunk(event.index, None, finish)
                 ended.append(event.stats)
             event = await anext(events, None)
         if parsed.include_usage and ended:

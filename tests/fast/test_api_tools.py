@@ -1,0 +1,104 @@
+"""Tool calling through the API with the official client, on the fake backend: the tools reach the prompt,
+calls come back parsed (whole and streamed), a two-step conversation with tool results round-trips."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from workbench.api.server import build_api
+from workbench.options import LoadOptions
+from workbench.paths import Paths
+from workbench.services.model_service import ModelService
+
+from .fakes import fake_registry, scratch, write_fake_model
+
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.",
+                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                          "required": ["city"]}}}]
+ASK = [{"role": "user", "content": "Weather in Paris?"}]
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    root = scratch(tmp_path_factory.mktemp("api_tools"))
+    models = ModelService(Paths(str(root)), registry=fake_registry())
+    models.load(write_fake_model(root / "models", reply="No tools here.", rules=[
+        {"when": "22 C and sunny", "reply": "It is 22 C and sunny in Paris."},
+        {"when": "<tools>", "reply": "Let me look. " + CALL}]), options=LoadOptions(n_ctx=1024, parallel=2))
+    server = uvicorn.Server(uvicorn.Config(build_api(models), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+    models.close()
+
+
+@pytest.fixture
+def client(api):
+    return openai.OpenAI(base_url=api + "/v1", api_key="any", max_retries=0)
+
+
+def test_a_tool_call_comes_back_whole_and_streamed_alike(client):
+    whole = client.chat.completions.create(model="m", messages=ASK, tools=TOOLS)
+    choice = whole.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content == "Let me look."
+    (call,) = choice.message.tool_calls
+    assert call.type == "function" and call.id.startswith("call_")
+    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
+    content, calls, finish = "", [], None
+    for chunk in client.chat.completions.create(model="m", messages=ASK, tools=TOOLS, stream=True):
+        delta = chunk.choices[0].delta
+        content += delta.content or ""
+        calls += delta.tool_calls or []
+        finish = chunk.choices[0].finish_reason or finish
+    assert content.strip() == "Let me look." and finish == "tool_calls"
+    assert [(c.index, c.function.name, c.function.arguments) for c in calls] == [
+        (0, "get_weather", call.function.arguments)]
+
+
+def test_a_two_step_tool_conversation_round_trips(client):
+    first = client.chat.completions.create(model="m", messages=ASK, tools=TOOLS).choices[0].message
+    history = ASK + [first.model_dump(exclude_none=True)] + [
+        {"role": "tool", "tool_call_id": first.tool_calls[0].id, "content": "22 C and sunny"}]
+    assert history[1]["content"] == "Let me look." and history[1]["tool_calls"]
+    history[1]["content"] = None  # as many clients send it
+    second = client.chat.completions.create(model="m", messages=history, tools=TOOLS)
+    assert second.choices[0].message.content == "It is 22 C and sunny in Paris."
+    assert second.choices[0].finish_reason == "stop" and not second.choices[0].message.tool_calls
+
+
+def test_tool_choice_none_offers_no_tools(client):
+    reply = client.chat.completions.create(model="m", messages=ASK, tools=TOOLS, tool_choice="none")
+    assert reply.choices[0].message.content == "No tools here." and reply.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+    ({"tools": TOOLS, "tool_choice": "sometimes"}, "tool_choice"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": [{"type": "function", "function": {"name": "x", "parameters": {"type": "strin"}}}]}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools"),
+    ({"tools": TOOLS, "parallel_tool_calls": "yes"}, "parallel_tool_calls"),
+])
+def test_bad_tool_requests_are_400s_naming_the_param(api, extra, param):
+    raw = httpx.post(api + "/v1/chat/completions", json={"messages": ASK, **extra})
+    assert raw.status_code == 400 and raw.json()["error"]["param"] == param, raw.json()
+
+
+def test_bad_tool_call_messages_are_400s(api):
+    bad = [*ASK, {"role": "assistant", "content": None,
+                  "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]
+    raw = httpx.post(api + "/v1/chat/completions", json={"messages": bad})
+    assert raw.status_code == 400 and raw.json()["error"]["param"] == "messages"
