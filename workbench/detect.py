@@ -275,11 +275,16 @@ def _detect_folder(folder: str, trust_pickle: bool) -> Detection:
                 "use a GGUF, GPTQ or unquantized safetensors model."
             )
     qc_path = os.path.join(folder, "quantize_config.json")
+    qc = _read_json(qc_path) if os.path.isfile(qc_path) else {}
     if fmt == TRANSFORMERS and os.path.isfile(qc_path):
-        qc = _read_json(qc_path)
         fmt, bits, group = GPTQ, qc.get("bits"), qc.get("group_size")
         evidence.append("quantize_config.json present (AutoGPTQ-style checkpoint)")
-    files = _weight_files(folder)
+    if fmt == GPTQ:  # AutoGPTQ-era weights go by many names: decide from the folder's contents
+        from .gptq_layout import gptq_weights
+
+        files = gptq_weights(folder, qc)
+    else:
+        files = _weight_files(folder)
     pickles = sorted(f for f in os.listdir(folder) if f.endswith(PICKLE_SUFFIXES))
     if not files:
         if pickles and not trust_pickle:

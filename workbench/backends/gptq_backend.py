@@ -2,7 +2,8 @@
 
 Loading goes through `GPTQModel.load`, which picks a kernel for the device (the
 torch kernel on CPU, Marlin/Exllama on CUDA) and also reads AutoGPTQ-era folders
-(`quantize_config.json`, `gptq_model-4bit-128g.safetensors`) without renaming.
+(`quantize_config.json`); weights under any name (`model_basename`, any group size) are
+shown to it through `gptq_layout.loadable_folder`, without renaming the user's files.
 Generation is the Transformers backend's decode loop over the loaded model.
 AutoGPTQ itself is not used: it is unmaintained and does not import with transformers 5.
 """
@@ -38,13 +39,18 @@ class GPTQBackend(TransformersBackend):
         # TorchAtenLinear, fails when a layer's width is not a multiple of the group size
         # (the sample model: 576 inputs, group 128). On CUDA let GPTQModel pick a faster one.
         backend = BACKEND.TORCH if device == "cpu" else BACKEND.AUTO
-        qmodel = GPTQModel.load(
-            detection.path,
-            backend=backend,
-            dtype=resolve_dtype(options.dtype, device),
-            trust_remote_code=False,
-            **kwargs,
-        )
+        from ..gptq_layout import loadable_folder
+
+        # Detection decided which files are the weights (AutoGPTQ-era names vary); GPTQModel is shown
+        # them under the one name it always looks for.
+        with loadable_folder(detection) as folder:
+            qmodel = GPTQModel.load(
+                folder,
+                backend=backend,
+                dtype=resolve_dtype(options.dtype, device),
+                trust_remote_code=False,
+                **kwargs,
+            )
         self._quant = detection.quantization
         return qmodel.model, qmodel.tokenizer
 
