@@ -48,3 +48,25 @@ def test_the_required_call_schema_names_each_tool():
     schema = calls_schema(TOOLS)
     assert [o["properties"]["name"]["const"] for o in schema["anyOf"]] == ["get_weather", "get_time"]
     assert calls_schema(TOOLS[:1])["properties"]["arguments"]["required"] == ["city"]
+
+
+QWEN_LIKE = ("{% if tools %}<|im_start|>system\n<tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools><|im_end|>\n"
+             "{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+             "{% for c in m.tool_calls or [] %}<tool_call>{{ {'name': c.function.name, 'arguments': c.function.arguments}"
+             " | tojson }}</tool_call>{% endfor %}<|im_end|>\n{% endfor %}<|im_start|>assistant\n")
+HISTORY = [{"role": "user", "content": "Weather?"},
+           {"role": "assistant", "content": None, "tool_calls": [
+               {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+           {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+
+
+def test_tools_and_calls_render_through_the_models_own_template_or_a_system_section():
+    from workbench.chat_template import render_chat
+
+    own = render_chat(HISTORY, QWEN_LIKE, tools=TOOLS)
+    assert own.startswith("<|im_start|>system\n<tools>{\"type\": \"function\"")
+    assert '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>' in own
+    assert "<|im_start|>tool\nsunny" in own
+    fallback = render_chat(HISTORY, None, tools=TOOLS)  # ChatML knows no tools: they go in a system message
+    assert fallback.startswith("<|im_start|>system\nYou can call functions") and '"get_weather"' in fallback
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in fallback
