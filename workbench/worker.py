@@ -8,7 +8,7 @@ Every message carries a request id, so several requests are in flight at once.
 Parent -> child: ("load", rid, engine, detection, options) where `engine` names the backend
 class by dotted path (a backend registered at run time loads too); ("generate", rid,
 request); ("cancel", rid) (rid None: every request); ("tokenize", rid, text);
-("memory", rid); ("score", rid, text, window); ("shutdown",).
+("memory", rid); ("score", rid, text, window); ("embed", rid, texts); ("shutdown",).
 Child -> parent: ("ok", rid, value); ("token", rid, text) or, when the request asked for
 logprobs, ("token", rid, text, [entry per token]); ("done", rid, GenerationStats as a
 dict); ("progress", rid, done, total); ("error", rid, error_class_name, message).
@@ -114,6 +114,9 @@ class _Child:
                 self.send(("ok", rid, self._require().tokenize(msg[2])))
             elif kind == "memory":
                 self.send(("ok", rid, _memory()))
+            elif kind == "embed":
+                vectors, tokens = self._require().embed(msg[2])
+                self.send(("ok", rid, {"data": vectors, "tokens": tokens}))
             elif kind == "score":
                 self._require()
                 self.scores.append((rid, msg[2], msg[3]))
@@ -320,6 +323,10 @@ class ModelWorker:
 
     def memory(self) -> WorkerMemory:
         return WorkerMemory(**self._call("memory"))
+
+    def embed(self, texts: list[str]) -> dict:
+        """{"data": one vector per text, "tokens": tokens read} from the loaded model."""
+        return self._call("embed", texts)
 
     def perplexity(self, text: str, window: int, on_progress: Callable[[int, int], None] | None = None) -> dict:
         """Perplexity of `text` (see backends/perplexity.py); `on_progress(done, total)` per window."""

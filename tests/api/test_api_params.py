@@ -185,3 +185,16 @@ def test_required_and_named_tool_calls_parse_and_a_two_step_conversation_round_t
     answer = client.chat.completions.create(model="m", messages=history, tools=TOOLS, tool_choice="none",
                                             temperature=0, max_tokens=40)
     assert answer.choices[0].finish_reason in ("stop", "length") and answer.choices[0].message.content
+
+
+def test_embeddings_place_similar_texts_closer(api):
+    client, _ = api
+    texts = ["The cat sat on the mat.", "A cat was sitting on the mat.", "Stock markets fell sharply today."]
+    vectors = [d.embedding for d in client.embeddings.create(model="m", input=texts).data]
+
+    def cosine(a, b):
+        dot = sum(x * y for x, y in zip(a, b))
+        return dot / (sum(x * x for x in a) ** 0.5 * sum(y * y for y in b) ** 0.5)
+
+    assert len(vectors) == 3 and len(vectors[0]) >= 64
+    assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2])

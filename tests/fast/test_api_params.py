@@ -26,6 +26,7 @@ ASK = [{"role": "user", "content": "Capital?"}]
 def api(tmp_path_factory):
     root = scratch(tmp_path_factory.mktemp("api_params"))
     models = ModelService(Paths(str(root)), registry=fake_registry())
+    write_fake_model(root / "models", "other.json", reply="x")
     models.load(write_fake_model(root / "models", reply=REPLY), options=LoadOptions(n_ctx=64, parallel=4))
     server = uvicorn.Server(uvicorn.Config(build_api(models), host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -121,3 +122,27 @@ def test_routing_errors_and_context_overflow_in_openais_shape(api, client):
     assert long.value.code == "context_length_exceeded" and long.value.param == "messages"
     streamed = httpx.post(api + "/v1/completions", json={"prompt": "word " * 100, "stream": True})
     assert streamed.status_code == 400 and streamed.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_models_lists_models_folder_with_the_loaded_one_first(api, client):
+    cards = client.models.list().data
+    assert [(c.id, c.loaded) for c in cards] == [("fake.json", True), ("other.json", False)]
+    assert client.models.retrieve("other.json").loaded is False
+    missing = httpx.get(api + "/v1/models/nope.gguf")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+
+
+def test_embeddings(api, client):
+    import base64
+    import struct
+
+    reply = client.embeddings.create(model="m", input=["Paris is big.", "Paris is big.", "Rome"],
+                                     encoding_format="float")
+    vectors = [d.embedding for d in reply.data]
+    assert [d.index for d in reply.data] == [0, 1, 2] and len(vectors[0]) == 8
+    assert vectors[0] == vectors[1] != vectors[2] and reply.usage.prompt_tokens == 3 + 3 + 1
+    raw = httpx.post(api + "/v1/embeddings", json={"input": "Rome", "encoding_format": "base64"}).json()
+    packed = base64.b64decode(raw["data"][0]["embedding"])
+    assert [round(x, 5) for x in struct.unpack("<8f", packed)] == [round(x, 5) for x in vectors[2]]
+    bad = httpx.post(api + "/v1/embeddings", json={"input": [1, 2]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"

@@ -169,3 +169,26 @@ def parse_completion_request(body: dict) -> ParsedRequest:
     return ParsedRequest(_params(body, chat=False), stream, usage, prompt=prompt,
                          n=_number(body, "n", 1, int, 1, MAX_N))
 
+
+
+MAX_EMBED_INPUTS = 256
+
+
+def parse_embedding_request(body: dict) -> tuple[list[str], str]:
+    """(the texts to embed, "float" or "base64") of an /v1/embeddings body."""
+    texts = body.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not texts or len(texts) > MAX_EMBED_INPUTS \
+            or not all(isinstance(t, str) and t for t in texts):
+        raise ApiError(f"'input' must be a non-empty text or a list of up to {MAX_EMBED_INPUTS} non-empty texts.",
+                       "input")
+    total = sum(len(t) for t in texts)
+    if total > MAX_PROMPT_CHARS:
+        raise ApiError(f"'input' holds {total:,} characters; the limit is {MAX_PROMPT_CHARS:,}.", "input")
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise ApiError("'encoding_format' must be float or base64.", "encoding_format")
+    if body.get("dimensions") is not None:
+        raise ApiError("'dimensions' cannot be chosen: the vectors have the model's own size.", "dimensions")
+    return texts, encoding

@@ -1,5 +1,5 @@
-"""OpenAI-compatible HTTP API over the ModelService: /v1/models, /v1/chat/completions,
-/v1/completions (streaming and not) and /health.
+"""OpenAI-compatible HTTP API over the ModelService: /v1/models (what models/ holds, which is
+loaded), /v1/chat/completions, /v1/completions (streaming and not), /v1/embeddings and /health.
 
 Owns the wire format only: request validation, OpenAI response and error shapes,
 Server-Sent Events, the API key check and CORS. Requests share the model worker's
@@ -19,7 +19,7 @@ import uuid
 from dataclasses import replace
 from typing import AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -33,7 +33,7 @@ from ..options import GenerationRequest
 from ..services.model_service import ModelService
 from ..tool_calls import ToolCall, ToolCallStream, calls_schema, parse_tool_calls
 from .choices import Choice, ChoiceEvent, chat_logprobs, choice_requests, completion_logprobs, merged
-from .schema import ApiError, parse_chat_request, parse_completion_request
+from .schema import ApiError, parse_chat_request, parse_completion_request, parse_embedding_request
 
 
 def error_response(status: int, message: str, kind: str, code: str | None = None, param: str | None = None):
@@ -144,11 +144,25 @@ def build_api(models: ModelService, api_key: str | None = None, cors_origins: li
     def health():
         return {"status": "ok", "model_loaded": models.loaded_name() is not None}
 
+    def model_cards() -> list[dict]:
+        """The loaded model first, then every other loadable entry of models/; `loaded` says which is loaded."""
+        name = models.loaded_name()
+        names = [name] if name else []
+        names += [n for n in models.model_names() if n != name]
+        return [{"id": n, "object": "model", "created": 0, "owned_by": "workbench", "loaded": n == name}
+                for n in names]
+
     @app.get("/v1/models")
     def list_models():
-        name = models.loaded_name()
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "workbench"}] if name else []
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": model_cards()}
+
+    @app.get("/v1/models/{model_id:path}")
+    def retrieve_model(model_id: str):
+        for card in model_cards():
+            if card["id"] == model_id:
+                return card
+        return error_response(404, f"The model {model_id[:200]!r} does not exist; GET /v1/models lists them.",
+                              "invalid_request_error", "model_not_found", "model")
 
     async def body_of(request: Request) -> dict:
         try:
@@ -170,6 +184,18 @@ def build_api(models: ModelService, api_key: str | None = None, cors_origins: li
             params = replace(params, json_schema=calls_schema(offered))
         gen = GenerationRequest(messages=parsed.messages, params=params, tools=offered or None)
         return await respond(request, gen, parsed, chat=True, offered=offered)
+
+    @app.post("/v1/embeddings")
+    def embeddings(body: dict = Depends(body_of)):
+        texts, encoding = parse_embedding_request(body)
+        name = models.loaded_name()
+        if name is None:
+            raise NoModelLoaded("No model is loaded; load one in the Model tab or start with --model.")
+        vectors, tokens = models.embed(texts)
+        data = [{"object": "embedding", "index": i, "embedding": _encode_vector(v, encoding)}
+                for i, v in enumerate(vectors)]
+        return {"object": "list", "data": data, "model": name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -244,6 +270,15 @@ def _wire_call(call: ToolCall, index: int | None = None) -> dict:
     wire = {"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
             "function": {"name": call.name, "arguments": call.arguments}}
     return wire if index is None else {"index": index, **wire}
+
+
+def _encode_vector(vector: list[float], encoding: str):
+    if encoding == "base64":  # little-endian float32, as OpenAI sends it
+        import base64
+        import struct
+
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return vector
 
 
 def _finish(stats: GenerationStats) -> str:

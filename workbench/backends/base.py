@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Iterator
 
 from ..detect import Detection
+from ..errors import WorkbenchError
 from ..options import GenerationRequest, LoadOptions
 
 
@@ -86,6 +87,10 @@ class Backend(ABC):
     @abstractmethod
     def prompt_tokens(self, request: GenerationRequest) -> list[int]:
         """Token ids the request's prompt becomes (chat-templated when it has messages)."""
+
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """(one embedding per text, tokens read): the model's pooled hidden state for each text."""
+        raise WorkbenchError(f"The {self.name} backend cannot make embeddings; load a GGUF or Transformers model.")
 
     def score_window(self, ids: list[int]) -> float:
         """Summed negative log-likelihood of ids[1:] given the tokens before each, from an empty context."""

@@ -13,7 +13,7 @@ import os
 
 from ..chat_template import prompt_text
 from ..detect import Detection
-from ..errors import LoadError, WorkbenchError, brief
+from ..errors import GenerationError, LoadError, WorkbenchError, brief
 from ..options import GenerationRequest, LoadOptions
 from .base import Backend, ModelInfo, physical_cores
 from .llama_batch import LlamaBatchEngine
@@ -71,6 +71,9 @@ def _construct(llama_cpp, n_seq_max: int, **kwargs):
         lib.llama_context_default_params = original_params
 
 
+EMBED_CTX = 2048  # tokens per text in the embedding context (longer texts are cut)
+
+
 class LlamaCppBackend(Backend):
     name = "llama.cpp"
 
@@ -80,6 +83,7 @@ class LlamaCppBackend(Backend):
         self.bos = self.eos = ""
         self.add_bos = True
         self.engine: LlamaBatchEngine | None = None
+        self.embedder = None  # a llama_cpp.Llama with embeddings on, opened by the first embed()
 
     def load(self, detection: Detection, options: LoadOptions) -> ModelInfo:
         import llama_cpp
@@ -120,6 +124,7 @@ class LlamaCppBackend(Backend):
                 "or the context may not fit in memory: lower the context size."
             ) from e
         self.template = detection.chat_template
+        self.path, self.n_gpu_layers, self.n_threads, self.embedder = detection.path, n_gpu_layers, n_threads, None
         vocab = self.llm._model
         self.bos = self._piece(vocab.token_bos())
         self.eos = self._piece(vocab.token_eos())
@@ -159,6 +164,26 @@ class LlamaCppBackend(Backend):
         """The scheduler runs every generation through this (continuous batching)."""
         return self.engine
 
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """Mean-pooled embeddings from a second llama.cpp context made for them (on first use; the
+        weights are the same mapped file, so it costs a context, not another copy of the model)."""
+        import llama_cpp
+
+        if self.embedder is None:
+            try:
+                size = min(self.engine.n_ctx, EMBED_CTX)
+                self.embedder = llama_cpp.Llama(model_path=self.path, embedding=True, n_ctx=size, n_batch=size,
+                                                n_ubatch=size,
+                                                n_gpu_layers=self.n_gpu_layers, n_threads=self.n_threads,
+                                                pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN, verbose=False)
+            except (ValueError, RuntimeError, OSError) as e:
+                raise GenerationError(f"llama.cpp could not open an embedding context ({brief(e)}).") from e
+        vectors, tokens = [], 0
+        for text in texts:  # one at a time: a text longer than the context is cut to it (truncate)
+            vectors.append([float(x) for x in self.embedder.embed(text, truncate=True)])
+            tokens += min(len(self.embedder.tokenize(text.encode(), add_bos=True)), self.embedder.n_ctx())
+        return vectors, tokens
+
     def score_window(self, ids: list[int]) -> float:
         """Evaluate the window batch by batch with logits for every position."""
         import llama_cpp
@@ -189,4 +214,7 @@ class LlamaCppBackend(Backend):
         if self.llm is not None:
             self.llm.close()
             self.llm = None
+        if getattr(self, "embedder", None) is not None:
+            self.embedder.close()
+            self.embedder = None
 

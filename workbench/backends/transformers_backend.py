@@ -317,6 +317,23 @@ class TransformersBackend(Backend):
             raise GenerationError(f"{self.name} failed while generating ({brief(e)}); try a shorter prompt or reload.") from e
         yield DoneEvent(reason, len(prompt), n, cached)
 
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """Mean of the last hidden state over each text's tokens (the model's own, no extra head)."""
+        import torch
+
+        vectors, tokens = [], 0
+        with torch.inference_mode():
+            for text in texts:
+                ids = self.tokenize(text)[: self.n_ctx] or [self._eos_or_zero()]
+                out = self.model(input_ids=torch.tensor([ids], device=self._input_device()), output_hidden_states=True,
+                                 use_cache=False, logits_to_keep=1)
+                vectors.append(out.hidden_states[-1][0].float().mean(0).cpu().tolist())
+                tokens += len(ids)
+        return vectors, tokens
+
+    def _eos_or_zero(self) -> int:
+        return min(self._eos) if self._eos else 0
+
     def score_window(self, ids: list[int]) -> float:
         import torch
 

@@ -214,6 +214,11 @@ class ModelService:
     def tokenize(self, text: str) -> list[int]:
         return self._require_worker().tokenize(text)
 
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """(one embedding per text, tokens read) from the loaded model."""
+        reply = self._require_worker().embed(texts)
+        return reply["data"], reply["tokens"]
+
     def perplexity(self, text: str, window: int | None = None, on_progress=None) -> dict:
         """Perplexity of `text` under the loaded model, in windows of `window` tokens (default: min(context, 512))."""
         if not isinstance(text, str) or not text.strip():
