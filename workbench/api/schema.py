@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import WorkbenchError
 from ..options import GenParams
+
+if TYPE_CHECKING:
+    from .structured import ToolRequest
 
 MAX_PROMPT_CHARS = 1_000_000
 MAX_MESSAGES = 1000
