@@ -35,6 +35,15 @@ def test_chat_replies_and_saves_through_the_tab(client):
     assert reply_text(chatbot) == "Echo: hello tab" and "tok/s" in stats
 
 
+def test_the_chat_json_schema_box_is_checked_and_passed_on(client):
+    chatbot, *_ = client.predict("json please", *CHAT_ARGS, '{"type": "object"}', api_name="/chat")
+    assert reply_text(chatbot) == "Echo: json please"  # the fake does not constrain; the schema went through
+    with pytest.raises(Exception, match="JSON schema box does not hold valid JSON"):
+        client.predict("x", *CHAT_ARGS, "{oops", api_name="/chat")
+    with pytest.raises(Exception, match="not a valid JSON Schema"):
+        client.predict("x", *CHAT_ARGS, '{"type": "strin"}', api_name="/chat")
+
+
 def test_turn_numbers_are_checked_and_turns_deleted(client):
     client.predict(api_name="/new_chat")
     client.predict("first", *CHAT_ARGS, api_name="/chat")

@@ -31,10 +31,26 @@ def conversation_choices(chat: ChatService) -> list[tuple[str, str]]:
     return [(f"{r['title']} · {time.strftime('%b %d %H:%M', time.localtime(r['updated']))}", r["id"]) for r in rows]
 
 
-def params_from(temp, top_p, top_k, min_p, rep, max_new, seed) -> GenParams:
+def params_from(temp, top_p, top_k, min_p, rep, max_new, seed, json_schema: str = "") -> GenParams:
     return GenParams(max_tokens=int(max_new), temperature=float(temp), top_p=float(top_p), top_k=int(top_k),
                      min_p=float(min_p), repetition_penalty=float(rep),
-                     seed=None if seed is None or seed < 0 else int(seed)).validate()
+                     seed=None if seed is None or seed < 0 else int(seed),
+                     json_schema=schema_from(json_schema)).validate()
+
+
+def schema_from(text: str | None) -> dict | None:
+    """The JSON schema box's value: None when empty, else a checked JSON Schema ({} = any JSON object)."""
+    import json
+
+    from ..api.structured import check_json_schema
+
+    if not text or not text.strip():
+        return None
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise WorkbenchError(f"The JSON schema box does not hold valid JSON ({e.msg} at line {e.lineno}).") from e
+    return check_json_schema(schema, "JSON schema")
 
 
 def sliders_from(p: GenParams) -> list:
@@ -72,6 +88,7 @@ class ChatView:
     save_preset: gr.Button
     delete_preset: gr.Button
     sliders: list
+    json_schema: gr.Code
 
 
 def _layout(balanced: GenParams) -> ChatView:
@@ -112,9 +129,11 @@ def _layout(balanced: GenParams) -> ChatView:
                     save_preset = gr.Button("Save preset", scale=1)
                     delete_preset = gr.Button("Delete preset", scale=1)
                 sliders = _sampling_sliders(balanced)
+                json_schema = gr.Code("", language="json", label="JSON schema (replies are JSON matching it; "
+                                      "{} = any JSON object; empty = free text)", elem_id="json-schema")
     return ChatView(conv_id, conversations, new_chat, title, rename, delete, export, exported, chatbot, message, send,
                     stop, regenerate, cont, edit_last, delete_last, turn_number, delete_turn, stats, system, preset,
-                    apply_preset, preset_name, save_preset, delete_preset, sliders)
+                    apply_preset, preset_name, save_preset, delete_preset, sliders, json_schema)
 
 
 def _sampling_sliders(p: GenParams) -> list:
@@ -222,8 +241,8 @@ def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_fol
         return gr.update(choices=presets.names(), value=None)
 
     outputs = [v.chatbot, v.message, v.stats, v.conv_id, v.conversations]
-    with_text = [v.message, v.conv_id, v.system, *v.sliders]
-    without_text = [v.conv_id, v.system, *v.sliders]
+    with_text = [v.message, v.conv_id, v.system, *v.sliders, v.json_schema]  # new inputs go last (API order)
+    without_text = [v.conv_id, v.system, *v.sliders, v.json_schema]
     # Replies from every browser tab (and API client) wait their turn at the model worker, in arrival
     # order; Gradio's queue (which shows a position) only holds those beyond WAITING_REPLIES.
     line = dict(concurrency_id="chat-reply", concurrency_limit=WAITING_REPLIES)
