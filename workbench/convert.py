@@ -1,6 +1,9 @@
 """Model conversions: GGUF -> Transformers folder, Transformers folder -> 4-bit GPTQ.
 
-GGUF is dequantized by transformers; GPTQ quantization runs GPTQModel on the CPU (or
+GGUF is dequantized by transformers, and the copy is checked against the source before it
+is kept: the next-token choices of both (the GGUF run by llama.cpp) over a short text must
+agree, since transformers' GGUF loader silently builds wrong models for some architectures
+(mixtures of experts). GPTQ quantization runs GPTQModel on the CPU (or
 GPU when present) with calibration text from a file or a built-in sample. Both report
 progress through a callback, and write into a temporary folder that is renamed into
 place only when complete, so a failed conversion leaves no half-written model.
@@ -41,6 +44,52 @@ BUILTIN_CALIBRATION = [
 ]
 
 
+# The check of a GGUF -> Transformers copy: next-token choices over this text, compared with llama.cpp's.
+CHECK_TEXT = ("The capital of France is Paris. Water boils at 100 degrees Celsius at sea level. "
+              "User: What is the largest planet in our solar system?\nAssistant: Jupiter is the largest planet.")
+MIN_AGREEMENT = 0.75  # a faithful copy agrees at 90% or more (bf16 vs the quantized kernels); a broken one at 0-10%
+
+
+def next_token_agreement(gguf_path: str, model, token_ids: list[int]) -> float | None:
+    """Share of positions where `model` and llama.cpp running `gguf_path` pick the same next token
+    (None when llama-cpp-python is not installed, so the check cannot run)."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    import numpy as np
+    import torch
+
+    llm = Llama(gguf_path, n_ctx=max(64, len(token_ids) + 8), logits_all=True, verbose=False,
+                n_threads=os.cpu_count() or 1)
+    try:
+        llm.eval(token_ids)
+        reference = np.asarray(llm.scores[: len(token_ids)])
+    finally:
+        llm.close()
+    with torch.no_grad():
+        logits = model(torch.tensor([token_ids])).logits[0].float().numpy()
+    vocab = min(reference.shape[-1], logits.shape[-1])
+    return float((reference[:, :vocab].argmax(-1) == logits[:, :vocab].argmax(-1)).mean())
+
+
+def check_copy(gguf_path: str, model, tokenizer, progress: Progress = print) -> None:
+    """Refuse a Transformers copy whose next-token choices do not match the GGUF it came from."""
+    ids = tokenizer(CHECK_TEXT)["input_ids"][:64]
+    agreement = next_token_agreement(gguf_path, model, ids)
+    name = os.path.basename(gguf_path)
+    if agreement is None:
+        progress("Not checked against the GGUF: llama-cpp-python is not installed.")
+        return
+    progress(f"Checked against {name}: the copy picks the same next token at {agreement:.0%} of {len(ids)} positions.")
+    if agreement < MIN_AGREEMENT:
+        raise ConversionError(
+            f"The Transformers copy of {name} does not match it (the same next token at only {agreement:.0%} of "
+            f"{len(ids)} positions, a faithful copy agrees at 90% or more), so it was not saved: transformers' GGUF "
+            "loader does not convert this architecture correctly; use the GGUF with llama.cpp, or the model's "
+            "original safetensors.")
+
+
 def _prepare_output(out: str) -> str:
     out = os.path.abspath(out)
     if os.path.exists(out) and os.listdir(out):
@@ -73,6 +122,8 @@ def gguf_to_transformers(src: str, out: str, dtype: str = "bfloat16", progress: 
         progress(f"Reading and dequantizing {name} ({detection.quantization}, {detection.parameter_count:,} parameters)...")
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=getattr(torch, dtype))
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        progress("Comparing the copy's next-token choices with the GGUF's...")
+        check_copy(detection.path, model, tokenizer, progress)
         quantizer = getattr(model, "hf_quantizer", None)
         if quantizer is not None:
             # transformers refuses to save a model that still carries the GGUF quantizer.
@@ -85,7 +136,11 @@ def gguf_to_transformers(src: str, out: str, dtype: str = "bfloat16", progress: 
         raise
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise ConversionError(f"Converting {os.path.basename(src)} to Transformers failed ({type(e).__name__}: {brief(e)}).") from e
+        detail = brief(e)
+        if "above report" in detail or "see the log" in detail.lower():  # a message that points at a log we do not show
+            detail = f"transformers cannot read {detection.architecture or 'this'} GGUF models"
+        raise ConversionError(f"Converting {os.path.basename(src)} to Transformers failed ({type(e).__name__}: "
+                              f"{detail}); use the GGUF with llama.cpp instead.") from e
     result = _finish(tmp, out)
     progress(f"Done: {result}")
     return result

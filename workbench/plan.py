@@ -46,6 +46,8 @@ class PlanStrategy:
     dequant_per_param: float = 0.0   # bytes per quantized parameter the CPU kernel keeps dequantized
     half_copy: bool = False          # bf16/fp16 matmuls on CPU keep a reordered copy of the weights
     context_past_model: bool = False  # a context past the model's own is allowed (with a note), not capped
+    gguf_dequant_per_param: float = 0.0  # "torch" layout loading a GGUF: bytes per parameter held while it is
+                                         # dequantized on load (besides the weights and the file's own pages)
 
 
 
@@ -267,6 +269,12 @@ def _plan_torch(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx:
             dev.compute += int(strategy.dequant_per_param * quantized_params * take / n_layers)
         remaining -= take
     plan = MemoryPlan(backend, n_ctx, None, n_layers, devices=devices, parallel=slots)
+    if detection.format == GGUF and strategy.gguf_dequant_per_param:
+        # Dequantizing on load reads the whole file and holds float copies beside the loaded weights.
+        load = int(strategy.gguf_dequant_per_param * (detection.parameter_count or 0)) + detection.size_bytes
+        cpu.compute += load
+        plan.notes.append(f"Loading a GGUF with this backend dequantizes it: {load / MiB:.0f} MiB more while it "
+                          "loads (counted in compute).")
     if remaining:
         plan.devices.append(DevicePlan("disk", weights=remaining * layer_bytes, cap=hw.disk_free_bytes,
                                        cap_source="free", layers=remaining))

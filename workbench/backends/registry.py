@@ -140,7 +140,9 @@ def load_backend_class(class_path: str, requires: tuple[str, ...] = (), install_
 
 # Process sizes and kernel constants measured on the sample model (bench/bench_plan.py re-measures them).
 LLAMA_PLAN = PlanStrategy("gguf", runtime=46 * MiB, context_past_model=True)
-TRANSFORMERS_PLAN = PlanStrategy("torch", runtime=175 * MiB, half_copy=True)
+# transformers' GGUF loader reads the file and holds dequantized copies: measured on the sample Q4_1
+# GGUF, peak RSS is the Transformers plan + the file + 0.82 bytes per parameter.
+TRANSFORMERS_PLAN = PlanStrategy("torch", runtime=175 * MiB, half_copy=True, gguf_dequant_per_param=0.82)
 # GPTQModel, torchao and their kernels on top of torch; the CPU kernel keeps 1.28 bytes per
 # quantized parameter dequantized.
 GPTQ_PLAN = PlanStrategy("torch", runtime=597 * MiB, weights_as_stored=True, dequant_per_param=1.28)
