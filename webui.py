@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     from workbench.services.conversations import ConversationStore
     from workbench.services.model_service import ModelService
     from workbench.services.training_service import TrainingService
-    from workbench.ui.app import build_app
+    from workbench.ui.app import APP_CSS, build_app
 
     args = parse_args(argv)
     paths = Paths.default()
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
     try:
         app.queue(default_concurrency_limit=1).launch(
             server_name=host, server_port=args.port, share=share, auth=auth, show_error=True,
-            allowed_paths=[os.path.join(paths.user_data, "exports")], max_file_size=max_upload,
+            allowed_paths=[os.path.join(paths.user_data, "exports")], max_file_size=max_upload, css=APP_CSS,
             app_kwargs={"middleware": [Middleware(RequestGuard, rules=guard, reply=json_reply, throttle=throttle)]},
         )
     finally:

@@ -23,6 +23,13 @@ from .compare_tab import build_compare_tab
 from .model_tab import build_model_tab
 from .training_tab import build_training_tab
 
+# Page-wide style, passed to launch() (Gradio 6 takes css there).
+APP_CSS = """
+/* Errors are toasts (gr.Error): a failed event leaves no "Error" badge over its outputs,
+   which would cover the message box and the lists until its small x is clicked. */
+[data-testid="status-tracker"]:has(> .error) { display: none !important; }
+"""
+
 
 def build_app(models: ModelService, chat: ChatService, compare: CompareService, profiles: ProfileStore,
               presets: GenerationPresetStore, load_defaults: LoadOptions, export_folder: str,

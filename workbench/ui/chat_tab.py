@@ -106,8 +106,9 @@ def _layout(balanced: GenParams) -> ChatView:
         with gr.Column(scale=4):
             chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="chatbot")
             with gr.Row():
-                message = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, scale=8,
-                                     lines=2, elem_id="chat-input")
+                # One line that grows: Gradio submits a one-line box on Enter and lets Shift+Enter add a line.
+                message = gr.Textbox(placeholder="Type a message and press Enter (Shift+Enter: new line)",
+                                     show_label=False, scale=8, lines=1, max_lines=12, elem_id="chat-input")
                 send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
                 stop = gr.Button("Stop", scale=1, elem_id="stop")
             with gr.Row():

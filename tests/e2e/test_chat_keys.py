@@ -1,0 +1,74 @@
+"""The chat box as a person uses it, in a real browser, on the fake backend (fast to launch):
+Enter sends, Shift+Enter adds a line, and an error is a toast that leaves the page usable.
+
+Keys are pressed, never Send clicked, since the keyboard is what people use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.e2e.conftest import open_app, screenshot, stop
+from tests.fast.fakes import scratch, write_fake_model
+from tests.ui.test_webui import App
+
+
+@pytest.fixture(scope="module")
+def app(browser, tmp_path_factory):  # `browser` first: without chromium the module skips
+    root = scratch(tmp_path_factory.mktemp("keys"))
+    write_fake_model(root / "models", reply="Echo: {last_user}")
+    app = App("--model", "fake.json", root=str(root), env={"WORKBENCH_BACKENDS": "workbench.backends.fake_backend:SPEC"})
+    app.root = root
+    yield app
+    stop(app)
+
+
+def saved_user_messages(root) -> list[str]:
+    folder = os.path.join(str(root), "user_data", "chats")
+    messages = []
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+            messages += [m["content"] for m in json.load(f)["messages"] if m["role"] == "user"]
+    return messages
+
+
+def test_enter_sends_and_shift_enter_adds_a_line(app, page):
+    open_app(page, app.url)
+    box = page.locator("#chat-input textarea")
+    box.click()
+    box.type("first line")
+    box.press("Shift+Enter")
+    box.type("second line")
+    expect(box).to_have_value("first line\nsecond line")
+    box.press("Enter")
+    expect(page.locator("#chatbot [data-testid='bot']").last).to_contain_text("Echo: first line", timeout=60_000)
+    expect(box).to_have_value("")
+    screenshot(page, "keys-enter-sends")
+    assert "first line\nsecond line" in saved_user_messages(app.root)  # sent as typed, no trailing newline
+    box.type("just enter")
+    box.press("Enter")
+    expect(page.locator("#chatbot [data-testid='bot']").last).to_contain_text("Echo: just enter", timeout=60_000)
+    assert "just enter" in saved_user_messages(app.root)
+
+
+def test_an_error_is_a_toast_and_leaves_no_badges(app, page):
+    open_app(page, app.url)
+    box = page.locator("#chat-input textarea")
+    box.click()
+    box.press("Enter")  # an empty message: refused
+    toast = page.locator(".toast-body").first
+    expect(toast).to_contain_text("The message is empty", timeout=30_000)
+    screenshot(page, "keys-error-toast")
+    # No component keeps an error badge, and the box takes typing at once.
+    badges = page.locator("[data-testid='status-tracker'] .error:visible")
+    expect(badges).to_have_count(0)
+    box.type("after the error")
+    box.press("Enter")
+    expect(page.locator("#chatbot [data-testid='bot']").last).to_contain_text("Echo: after the error",
+                                                                               timeout=60_000)
+    expect(badges).to_have_count(0)
