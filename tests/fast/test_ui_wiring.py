@@ -80,3 +80,9 @@ def test_a_training_run_starts_and_completes_with_the_fake_runner(client):
             break
     assert "**completed**" in status and "step 12 of 12" in status
     assert any(series == "validation" and loss is not None for _, loss, series in plot["data"])
+
+
+def test_compare_refuses_an_empty_prompt(client):
+    for empty in ("", "   \n"):
+        with pytest.raises(Exception, match="The message is empty"):
+            client.predict(empty, 0, 8, api_name="/compare")

@@ -23,6 +23,9 @@ class CompareService:
 
     def stream(self, messages: list[dict], params: GenParams, session: str | None = None) -> Iterator[tuple[str, str, object]]:
         """Yield (side, "token"|"done"|"error", value) as either model produces it; `stop(session)` ends both."""
+        from .chat_service import check_message
+
+        check_message(messages[-1]["content"] if messages else "")  # an empty prompt is refused, as in Chat
         for side, service in self.slots.items():
             if service.loaded_name() is None:
                 raise WorkbenchError(f"Model {side.upper()} is not loaded; load both models first.")
@@ -61,6 +64,11 @@ class CompareService:
         stop = self._stops.get(session)
         if stop is not None:
             stop.set()
+
+    def describe(self, side: str) -> str:
+        """What is loaded on `side`, for the tab (also after a page reload)."""
+        name = self.slots[side].loaded_name()
+        return f"{side.upper()}: `{name}`" if name else f"{side.upper()} is not loaded."
 
     def memory(self, side: str) -> int | None:
         """Live RSS of that side's worker, in bytes."""

@@ -81,5 +81,9 @@ def build_compare_tab(compare: CompareService, page: gr.Blocks) -> None:
         compare.stop(request.session_hash)
 
     stop.click(on_stop, None, None, queue=False, api_name="compare_stop")
-    page.load(lambda: gr.update(choices=b.model_names()), None, b_name,
+    # The list is read again whenever it is opened (new downloads and exports show up), and a reload
+    # shows what B still has loaded.
+    b_name.focus(lambda: gr.update(choices=b.model_names()), None, b_name, api_visibility="private",
+                 show_progress="hidden")
+    page.load(lambda: (gr.update(choices=b.model_names()), compare.describe("b")), None, [b_name, b_status],
               api_visibility="private")
