@@ -72,3 +72,25 @@ def test_an_error_is_a_toast_and_leaves_no_badges(app, page):
     expect(page.locator("#chatbot [data-testid='bot']").last).to_contain_text("Echo: after the error",
                                                                                timeout=60_000)
     expect(badges).to_have_count(0)
+
+
+def test_the_chatbots_trash_icon_starts_a_new_conversation(app, page):
+    open_app(page, app.url)
+    box = page.locator("#chat-input textarea")
+    box.click()
+    box.type("before the trash")
+    box.press("Enter")
+    expect(page.locator("#chatbot [data-testid='bot']").last).to_contain_text("Echo: before the trash",
+                                                                               timeout=60_000)
+    page.locator("#chatbot").get_by_role("button", name=re.compile("clear", re.I)).click()
+    expect(page.locator("#chatbot [data-testid='bot']")).to_have_count(0)
+    box.type("after the trash")
+    box.press("Enter")
+    expect(page.locator("#chatbot [data-testid='bot']").last).to_contain_text("Echo: after the trash", timeout=60_000)
+    folder = os.path.join(str(app.root), "user_data", "chats")
+    conversations = []
+    for name in os.listdir(folder):
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+            conversations.append([m["content"] for m in json.load(f)["messages"] if m["role"] == "user"])
+    assert ["after the trash"] in conversations  # sent without the old history
+    assert any("before the trash" in c for c in conversations)  # which stays saved

@@ -100,3 +100,14 @@ def test_remove_any_turn(store):
     assert remove_turn(conv, 2) == "q2" and [m["content"] for m in conv.messages] == ["q0", "a0"]
     with pytest.raises(ConversationError, match="no turn 5"):
         remove_turn(conv, 5)
+
+
+def test_markdown_export_is_named_by_the_title(store, tmp_path):
+    out = str(tmp_path / "exports")
+    first, second = store.new(), store.new()
+    for conv in (first, second):
+        conv.messages.append({"role": "user", "content": "Capital of France? / and: <Spain>"})
+        store.save(conv)
+    a, b = store.export_markdown(first.id, out), store.export_markdown(second.id, out)
+    assert os.path.basename(a) == os.path.basename(b) == "Capital of France and Spain.md"
+    assert a != b and os.path.isfile(a) and os.path.isfile(b)  # same title: neither overwrites the other

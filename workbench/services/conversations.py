@@ -70,6 +70,15 @@ def remove_turn(conv: Conversation, turn: int) -> str:
     return text
 
 
+def file_title(title: str, limit: int = 80) -> str:
+    """`title` as a file name: letters, digits, spaces, '-', '_' and '.', at most `limit` characters."""
+    import re
+
+    name = re.sub(r"[^\w .-]+", "", title or "", flags=re.UNICODE)
+    name = " ".join(name.split()).strip(" .")[:limit].strip(" .")
+    return name or "conversation"
+
+
 def to_markdown(conv: Conversation) -> str:
     out = [f"# {conv.title}", ""]
     if conv.system_prompt:
@@ -144,8 +153,11 @@ class ConversationStore:
     def export_markdown(self, conv_id: str, out_folder: str) -> str:
         """Write the conversation as Markdown into `out_folder`; return the file's path."""
         conv = self.get(conv_id)
-        os.makedirs(out_folder, exist_ok=True)
-        path = os.path.join(out_folder, f"{conv.id}.md")
+        # Named by its title (what a person looks for in Downloads), in a folder per conversation so two
+        # conversations with one title do not overwrite each other.
+        folder = os.path.join(out_folder, conv.id)
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"{file_title(conv.title)}.md")
         with open(path, "w", encoding="utf-8") as f:
             f.write(to_markdown(conv))
         return path

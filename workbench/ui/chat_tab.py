@@ -261,6 +261,10 @@ def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_fol
                           api_name="open_conversation")
     v.new_chat.click(lambda: ([], None, "", listing()), None, [v.chatbot, v.conv_id, v.stats, v.conversations],
                      api_name="new_chat")
+    # The chatbot's own trash icon empties the view: start a new conversation too, so the next message
+    # is not sent with the old history (which stays saved in the list).
+    v.chatbot.clear(lambda: (None, "", listing()), None, [v.conv_id, v.stats, v.conversations],
+                    api_visibility="private")
     page.load(lambda: (listing(), gr.update(choices=presets.names())), None, [v.conversations, v.preset],
               api_visibility="private")
     v.rename.click(on_rename, [v.conv_id, v.title], [v.conversations, v.title], api_name="rename_conversation")
