@@ -94,3 +94,29 @@ def test_the_chatbots_trash_icon_starts_a_new_conversation(app, page):
             conversations.append([m["content"] for m in json.load(f)["messages"] if m["role"] == "user"])
     assert ["after the trash"] in conversations  # sent without the old history
     assert any("before the trash" in c for c in conversations)  # which stays saved
+
+
+def test_enter_during_a_reply_says_why_nothing_was_sent(browser, tmp_path):
+    from tests.e2e.conftest import open_app as open_page
+
+    root = scratch(tmp_path)
+    write_fake_model(root / "models", reply="slow " * 200, token_delay_s=0.05)
+    slow = App("--model", "fake.json", root=str(root), env={"WORKBENCH_BACKENDS": "workbench.backends.fake_backend:SPEC"})
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    try:
+        open_page(page, slow.url)
+        box = page.locator("#chat-input textarea")
+        box.click()
+        box.type("first")
+        box.press("Enter")
+        expect(page.locator("#chatbot [data-testid='bot']").last).to_contain_text("slow", timeout=60_000)
+        box.type("second")
+        box.press("Enter")
+        expect(page.locator(".toast-body").last).to_contain_text("A reply is still being written", timeout=30_000)
+        expect(box).to_have_value("second")  # kept, to send when the reply is done
+        screenshot(page, "keys-send-during-reply")
+        page.locator("#stop").click()
+    finally:
+        context.close()
+        stop(slow)

@@ -144,6 +144,10 @@ class ChatService:
             raise WorkbenchError("No conversation is open.")
         return self.conversations.get(conv_id)
 
+    def replying(self, session: str) -> bool:
+        """Whether a reply is being written for `session` (a browser tab) now."""
+        return session in self._stops
+
     def stop(self, session: str) -> None:
         """End the reply being written for `session` (a browser tab), and no one else's."""
         stop = self._stops.get(session)

@@ -249,6 +249,15 @@ def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_fol
     line = dict(concurrency_id="chat-reply", concurrency_limit=WAITING_REPLIES)
     v.send.click(on_send, with_text, outputs, api_name="chat", **line)
     v.message.submit(on_send, with_text, outputs, api_visibility="private", **line)
+
+    def on_send_while_replying(request: gr.Request):
+        # Gradio ignores a second Send while the first reply runs; say why instead of doing nothing.
+        if chat.replying(request.session_hash):
+            gr.Warning("A reply is still being written; wait for it or press Stop, then send your message.")
+
+    for trigger in (v.send.click, v.message.submit):
+        trigger(on_send_while_replying, None, None, trigger_mode="multiple", show_progress="hidden",
+                concurrency_limit=None, api_visibility="private")  # queued: warnings travel with queued events
     v.regenerate.click(on_regenerate, without_text, outputs, api_name="regenerate", **line)
     v.cont.click(on_continue, without_text, outputs, api_name="continue", **line)
     v.stop.click(on_stop, None, None, api_name="stop", queue=False)
