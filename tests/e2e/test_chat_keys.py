@@ -22,6 +22,7 @@ from tests.ui.test_webui import App
 def app(browser, tmp_path_factory):  # `browser` first: without chromium the module skips
     root = scratch(tmp_path_factory.mktemp("keys"))
     write_fake_model(root / "models", reply="Echo: {last_user}")
+    write_fake_model(root / "models", "other.json", reply="The other model.")
     app = App("--model", "fake.json", root=str(root), env={"WORKBENCH_BACKENDS": "workbench.backends.fake_backend:SPEC"})
     app.root = root
     yield app
@@ -120,3 +121,19 @@ def test_enter_during_a_reply_says_why_nothing_was_sent(browser, tmp_path):
     finally:
         context.close()
         stop(slow)
+
+
+def test_the_chat_tab_names_the_model_and_the_model_tab_follows_a_load_made_elsewhere(app, page):
+    from gradio_client import Client
+
+    open_app(page, app.url)
+    expect(page.locator("#chat-model")).to_contain_text("Talking to fake.json")
+    page.get_by_role("tab", name="Model").click()
+    expect(page.locator("#model-name input")).to_have_value("fake.json")
+    # Another client (the Training tab's Load in Chat, a second browser tab) loads another model.
+    Client(app.url, verbose=False).predict("other.json", "auto", 0, -2, 512, 0, "f16", True, True, False, "auto",
+                                           "auto", 0, 0, api_name="/load_model")
+    expect(page.locator("#model-name input")).to_have_value("other.json", timeout=30_000)
+    page.get_by_role("tab", name="Chat").click()
+    expect(page.locator("#chat-model")).to_contain_text("Talking to other.json")
+    screenshot(page, "keys-model-line")

@@ -70,6 +70,7 @@ class ChatView:
     delete: gr.Button
     export: gr.Button
     exported: gr.File
+    model_line: gr.Markdown
     chatbot: gr.Chatbot
     message: gr.Textbox
     send: gr.Button
@@ -104,6 +105,7 @@ def _layout(balanced: GenParams) -> ChatView:
             export = gr.Button("Export as Markdown")
             exported = gr.File(label="Export", interactive=False)
         with gr.Column(scale=4):
+            model_line = gr.Markdown("", elem_id="chat-model")
             chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="chatbot")
             with gr.Row():
                 # One line that grows: Gradio submits a one-line box on Enter and lets Shift+Enter add a line.
@@ -132,7 +134,8 @@ def _layout(balanced: GenParams) -> ChatView:
                 sliders = _sampling_sliders(balanced)
                 json_schema = gr.Code("", language="json", label="JSON schema (replies are JSON matching it; "
                                       "{} = any JSON object; empty = free text)", elem_id="json-schema")
-    return ChatView(conv_id, conversations, new_chat, title, rename, delete, export, exported, chatbot, message, send,
+    return ChatView(conv_id, conversations, new_chat, title, rename, delete, export, exported, model_line, chatbot,
+                    message, send,
                     stop, regenerate, cont, edit_last, delete_last, turn_number, delete_turn, stats, system, preset,
                     apply_preset, preset_name, save_preset, delete_preset, sliders, json_schema)
 
@@ -177,11 +180,19 @@ def _reply_stream(chat: ChatService, action: str, session: str, cid, system_prom
         yield conv.messages, gr.skip(), f"**Error:** {e}", gr.skip(), gr.skip()
 
 
+def model_line(chat: ChatService) -> str:
+    """Which model replies here: its name, engine and context, or how to get one."""
+    loaded = chat.models.loaded()
+    if loaded is None:
+        return "**No model is loaded**: pick one in the Model tab and press Load."
+    return f"Talking to **{loaded.name}** · {loaded.backend} · context {loaded.n_ctx:,}"
+
+
 def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_folder: str, page: gr.Blocks) -> None:
     """The tab. The conversation and preset lists fill in on `page` load: the page shell is served
     before login, so it must hold no titles or names from the disk."""
     balanced = presets.get("Balanced").gen_params() if "Balanced" in presets.names() else GenParams()
-    with gr.Tab("Chat"):
+    with gr.Tab("Chat") as tab:
         v = _layout(balanced)
     os.makedirs(export_folder, exist_ok=True)
 
@@ -247,8 +258,10 @@ def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_fol
     # Replies from every browser tab (and API client) wait their turn at the model worker, in arrival
     # order; Gradio's queue (which shows a position) only holds those beyond WAITING_REPLIES.
     line = dict(concurrency_id="chat-reply", concurrency_limit=WAITING_REPLIES)
-    v.send.click(on_send, with_text, outputs, api_name="chat", **line)
-    v.message.submit(on_send, with_text, outputs, api_visibility="private", **line)
+    for event in (v.send.click(on_send, with_text, outputs, api_name="chat", **line),
+                  v.message.submit(on_send, with_text, outputs, api_visibility="private", **line)):
+        event.then(lambda: model_line(chat), None, v.model_line, api_visibility="private", show_progress="hidden")
+    tab.select(lambda: model_line(chat), None, v.model_line, api_visibility="private", show_progress="hidden")
 
     def on_send_while_replying(request: gr.Request):
         # Gradio ignores a second Send while the first reply runs; say why instead of doing nothing.
@@ -274,8 +287,8 @@ def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_fol
     # is not sent with the old history (which stays saved in the list).
     v.chatbot.clear(lambda: (None, "", listing()), None, [v.conv_id, v.stats, v.conversations],
                     api_visibility="private")
-    page.load(lambda: (listing(), gr.update(choices=presets.names())), None, [v.conversations, v.preset],
-              api_visibility="private")
+    page.load(lambda: (listing(), gr.update(choices=presets.names()), model_line(chat)), None,
+              [v.conversations, v.preset, v.model_line], api_visibility="private")
     v.rename.click(on_rename, [v.conv_id, v.title], [v.conversations, v.title], api_name="rename_conversation")
     v.delete.click(on_delete, v.conv_id, [v.chatbot, v.conv_id, v.conversations], api_name="delete_conversation")
     v.export.click(on_export, v.conv_id, v.exported, api_name="export_conversation")

@@ -120,6 +120,7 @@ def build_model_tab(models: ModelService, profiles: ProfileStore, defaults: Load
         status = gr.Markdown("", elem_id="model-status")
         plan_button = gr.Button("Show plan", visible=False)  # the plan as an API endpoint
         refresh_timer = gr.Timer(5)
+        seen_loaded = gr.State(None)  # the loaded model this page last showed (to follow loads made elsewhere)
 
     def on_plan(name, loader_choice, *values):
         return plan_view(models, name, loader_choice, values)[:2]
@@ -185,7 +186,16 @@ def build_model_tab(models: ModelService, profiles: ProfileStore, defaults: Load
     plan_button.click(on_plan, plan_inputs, [plan_chart, plan_text], api_name="plan")
     # the plan follows: model_name's change event draws it
     page.load(on_page_load, None, [model_name, table, profile, status], api_visibility="private")
-    refresh_timer.tick(lambda: format_status(models.status()), None, status, show_progress="hidden",
+    page.load(lambda: models.loaded_name(), None, seen_loaded, api_visibility="private", show_progress="hidden")
+    def on_tick(seen):
+        """The status, and the model list following a load made elsewhere (Training's Load in Chat, Compare)."""
+        loaded = models.status()
+        name = loaded.loaded.name if loaded.loaded else None
+        if name is None or name == seen:
+            return format_status(loaded), gr.skip(), name
+        return format_status(loaded), gr.update(value=name), name
+
+    refresh_timer.tick(on_tick, seen_loaded, [status, model_name, seen_loaded], show_progress="hidden",
                        api_visibility="private")
     with tab:  # the Get models panel, under the load controls
         build_download_panel(downloads or DownloadService(models.paths, profiles), models, page)
