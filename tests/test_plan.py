@@ -54,7 +54,7 @@ def test_impossible_llama_load_is_refused_with_numbers_and_a_fix(sample_gguf):
         check_plan(plan)
     msg = str(e.value)
     need = plan.device("cpu").model_bytes / GiB
-    assert f"needs {need:.2f} GiB RAM, cap is 0.25 GiB" in msg
+    assert f"needs {need:.2f} GiB RAM for the model, cap is 0.25 GiB" in msg
     assert f"lower context to {plan.max_n_ctx}" in msg and "raise the cap" in msg
     assert make_plan(detect(sample_gguf), BACKENDS.get("llama.cpp"), LoadOptions(parallel=1, n_ctx=plan.max_n_ctx, max_ram_gib=0.25), CPU_BOX).fits
     no_flash = make_plan(detect(sample_gguf), BACKENDS.get("llama.cpp"), LoadOptions(parallel=1, n_ctx=8192, flash_attn=False), CPU_BOX)

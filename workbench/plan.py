@@ -288,7 +288,9 @@ def _check(plan: MemoryPlan) -> None:
             continue
         where = "RAM" if dev.device == "cpu" else ("disk" if dev.device == "disk" else f"VRAM on {dev.device}")
         limit = "cap is" if dev.cap_source == "cap" else "free is"
-        plan.problems.append(f"needs {gib(dev.model_bytes)} {where}, {limit} {gib(dev.cap)}")
+        # The cap limits the model (weights, KV cache, compute); the table's total adds the process runtime.
+        runtime = f" (the worker's total is {gib(dev.total)} with its runtime)" if dev.runtime else ""
+        plan.problems.append(f"needs {gib(dev.model_bytes)} {where} for the model, {limit} {gib(dev.cap)}{runtime}")
 
 
 def _largest_fitting(build, lo: int, hi: int) -> int | None:
@@ -386,16 +388,22 @@ def check_plan(plan: MemoryPlan) -> None:
 
 
 def plan_table(plan: MemoryPlan) -> str:
-    """A plan as a small text table, one row per device."""
+    """A plan as a narrow text table: one column per device, one row per part; "model" is what a cap
+    limits, "total" adds the process runtime (so the table and a refusal name the same numbers)."""
     lines = [f"{plan.backend}, context {plan.n_ctx}"
              + (f", n_gpu_layers {plan.n_gpu_layers}" if plan.n_gpu_layers is not None else "")
              + (f", {plan.parallel} parallel" if plan.parallel > 1 else "")]
-    lines.append(f"{'device':8} {'layers':>6} {'weights':>9} {'KV cache':>9} {'compute':>9} {'runtime':>9} "
-                 f"{'total':>9} {'cap':>9}")
-    for d in plan.devices:
-        cap = f"{d.cap / MiB:.0f} MiB" if d.cap else "-"
-        lines.append(f"{d.device:8} {d.layers:>6} {d.weights / MiB:>5.0f} MiB {d.kv_cache / MiB:>5.0f} MiB "
-                     f"{d.compute / MiB:>5.0f} MiB {d.runtime / MiB:>5.0f} MiB {d.total / MiB:>5.0f} MiB {cap:>9}")
+
+    def mib(n: int | None) -> str:
+        return "-" if not n else (f"{n / GiB:.1f} GiB" if n >= 10 * GiB else f"{n / MiB:.0f} MiB")
+
+    rows = [("", [d.device for d in plan.devices]), ("layers", [str(d.layers) for d in plan.devices]),
+            ("weights", [mib(d.weights) for d in plan.devices]), ("KV cache", [mib(d.kv_cache) for d in plan.devices]),
+            ("compute", [mib(d.compute) for d in plan.devices]), ("model", [mib(d.model_bytes) for d in plan.devices]),
+            ("cap", [mib(d.cap) + ("" if d.cap_source == "cap" or not d.cap else " free") for d in plan.devices]),
+            ("runtime", [mib(d.runtime) for d in plan.devices]), ("total", [mib(d.total) for d in plan.devices])]
+    for label, cells in rows:
+        lines.append(f"{label:9}" + "".join(f"{c:>15}" for c in cells))
     lines += plan.notes
     lines.append("fits" if plan.fits else "DOES NOT FIT: " + "; ".join(plan.problems))
     return "\n".join(lines)

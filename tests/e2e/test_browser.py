@@ -129,7 +129,7 @@ def test_model_tab_shows_the_memory_plan_and_loads_the_sample_model(running, pag
     expect(plan).to_contain_text("KV cache")
     expect(plan).to_contain_text("fits")
     expect(page.locator("#plan-chart svg .mark-rect path").first).to_be_visible()  # the bars are drawn
-    assert legend_labels(page, "plan-chart") == ["weights", "KV cache", "compute", "runtime", "free under cap"]
+    assert legend_labels(page, "plan-chart") == ["weights", "KV cache", "compute", "runtime", "cap"]
     assert legend_fits(page, "plan-chart")
     screenshot(page, "03-model-memory-plan")
     page.locator("#load-model").click()

@@ -72,7 +72,7 @@ def test_a_load_over_the_cap_is_refused_and_the_loaded_model_stays(root, service
     big = write_fake_model(root / "models", "big.json", parameters=2_000_000_000)
     offloaded = service.plan(big, None, LoadOptions(n_ctx=512, max_ram_gib=1))
     assert offloaded.fits and offloaded.device("disk").layers > 0  # what is over the RAM cap goes to disk
-    with pytest.raises(PlanRefused, match="needs .* RAM, cap is 0.00 GiB: .*raise the cap"):
+    with pytest.raises(PlanRefused, match="needs .* RAM for the model, cap is 0.00 GiB.*: .*raise the cap"):
         service.load(big, options=LoadOptions(n_ctx=512, max_ram_gib=0.001))
     assert service.loaded_name() == "small.json"
     assert service.complete(chat()).text

@@ -21,8 +21,8 @@ from .load_form import build_load_form, options_from_values, values_from_options
 from .user_errors import shows_errors
 
 TABLE_HEADERS = ["name", "format", "backend", "size (MiB)", "quantization", "parameters", "context", "note"]
-PARTS = ("weights", "KV cache", "compute", "runtime", "free under cap")
-PART_COLORS = dict(zip(PARTS, ("#4c78a8", "#f58518", "#e45756", "#72b7b2", "#d3d3d3")))
+PARTS = ("weights", "KV cache", "compute", "runtime", "cap")
+PART_COLORS = dict(zip(PARTS, ("#4c78a8", "#f58518", "#e45756", "#72b7b2", "#9e9e9e")))
 MiB = 2**20
 
 
@@ -62,12 +62,14 @@ def format_status(status: ModelStatus) -> str:
 
 
 def plan_frame(plan: MemoryPlan) -> pd.DataFrame:
+    """The chart's bars: per device its parts stacked, and beside it a bar as tall as its cap (the cap you
+    set, or what is free when the plan does not fit), so a plan that does not fit looks like it."""
     rows = []
     for d in plan.devices:
         for part, value in zip(PARTS[:4], (d.weights, d.kv_cache, d.compute, d.runtime)):
             rows.append({"device": d.device, "part": part, "MiB": round(value / MiB, 1)})
-        if d.cap and d.cap_source == "cap" and d.model_bytes < d.cap:
-            rows.append({"device": d.device, "part": PARTS[4], "MiB": round((d.cap - d.model_bytes) / MiB, 1)})
+        if d.cap and (d.cap_source == "cap" or not d.fits):
+            rows.append({"device": f"{d.device} cap", "part": PARTS[4], "MiB": round(d.cap / MiB, 1)})
     # Gradio fixes a chart's colour legend at its first drawing and later only swaps the data,
     # so every part is named from the start (0 MiB where a plan lacks it).
     present = {row["part"] for row in rows}
