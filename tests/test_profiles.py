@@ -40,6 +40,9 @@ def test_save_load_delete_round_trip(store):
     assert (back.n_ctx, back.n_batch, back.max_ram_gib, back.cache_type, back.flash_attn) == (3072, 256, 5.5, "q8_0", True)
     store.delete("my-laptop")
     assert "my-laptop" not in store.names()
+    assert store.undo_delete() == "my-laptop" and store.get("my-laptop").options().n_ctx == 3072
+    with pytest.raises(WorkbenchError, match="nothing to undo"):
+        store.undo_delete()
 
 
 def test_shipped_profiles_are_protected(store):

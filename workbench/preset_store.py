@@ -15,6 +15,7 @@ from typing import Callable, Generic, TypeVar
 from .atomic import write_text_atomic
 from .errors import WorkbenchError
 from .paths import resolve_inside
+from .trash import Trash
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
 T = TypeVar("T")
@@ -134,4 +135,8 @@ class PresetFolder(Generic[T]):
             raise PresetError(f"There is no {self.kind} {name!r}.")
         if self.is_builtin(name):
             raise PresetError(f"{name!r} is a shipped {self.kind} and cannot be deleted.")
-        os.remove(path)
+        Trash(self.folder).put(path)
+
+    def undo_delete(self) -> str:
+        """Bring back the one deleted last; return its name."""
+        return os.path.splitext(Trash(self.folder).restore_latest(self.folder, self.kind))[0]

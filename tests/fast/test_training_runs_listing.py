@@ -25,3 +25,17 @@ def test_a_run_leading_outside_is_skipped_and_training_is_not_blocked(tmp_path):
     assert len(skipped) == 1 and "'x' leads outside runs/" in skipped[0] and str(outside) not in skipped[0]
     assert training.running() == []
     training._refuse_if_busy("new-run")  # what Start and Resume ask first: no error
+
+
+def test_a_deleted_run_comes_back_with_undo(tmp_path):
+    (tmp_path / "root").mkdir()
+    root = scratch(tmp_path / "root")
+    run = root / "user_data" / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "state.json").write_text(json.dumps({"status": "completed"}))
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    training = TrainingService(Paths(str(root)))
+    training.delete("r1")
+    assert training.names() == []
+    assert training.undo_delete() == "r1" and training.names() == ["r1"]
+    assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n'

@@ -86,3 +86,26 @@ def test_compare_refuses_an_empty_prompt(client):
     for empty in ("", "   \n"):
         with pytest.raises(Exception, match="The message is empty"):
             client.predict(empty, 0, 8, api_name="/compare")
+
+
+def test_a_deleted_conversation_comes_back_with_undo(client):
+    client.predict(api_name="/new_chat")
+    client.predict("keep me", *CHAT_ARGS, api_name="/chat")
+    chatbot, listing = client.predict(api_name="/delete_conversation")
+    assert chatbot == []
+    chatbot, listing, system = client.predict(api_name="/undo_delete")
+    assert chatbot[0]["content"] in ("keep me", [{"type": "text", "text": "keep me"}]) and listing["value"]
+
+
+def test_a_deleted_run_comes_back_with_undo(client):
+    form = ["t2", "scratch", "", "notes.txt", "", 0.1, 8, 16, 0.05, "q_proj", "byte", 2, 2, 32, "", 1e-3, "constant",
+            0, 1, 2, 2, 1, 32, 4, 4, 50, 0, 42]
+    client.predict(*form, api_name="/start_training")
+    for _ in range(100):
+        status, _, _ = client.predict("t2", api_name="/run_status")
+        if "completed" in status:
+            break
+    runs, *_ = client.predict("t2", api_name="/delete_run")
+    assert "t2" not in [c[0] for c in runs["choices"]]
+    runs, *_ = client.predict(api_name="/undo_delete_run")
+    assert runs["value"] == "t2"

@@ -111,3 +111,23 @@ def test_markdown_export_is_named_by_the_title(store, tmp_path):
     a, b = store.export_markdown(first.id, out), store.export_markdown(second.id, out)
     assert os.path.basename(a) == os.path.basename(b) == "Capital of France and Spain.md"
     assert a != b and os.path.isfile(a) and os.path.isfile(b)  # same title: neither overwrites the other
+
+
+def test_deleting_a_conversation_or_a_turn_can_be_undone(store):
+    from workbench.errors import WorkbenchError
+    from workbench.services.chat_service import ChatService
+
+    conv = store.new()
+    conv.messages += [{"role": "user", "content": "one"}, {"role": "assistant", "content": "1"},
+                      {"role": "user", "content": "two"}, {"role": "assistant", "content": "2"}]
+    store.save(conv)
+    chat = ChatService(models=None, conversations=store)
+    chat.delete_turn(conv.id, 1)
+    assert [m["content"] for m in store.get(conv.id).messages] == ["two", "2"]
+    assert [m["content"] for m in store.undo_delete().messages] == ["one", "1", "two", "2"]
+    store.delete(conv.id)
+    assert store.list()[0] == []
+    back = store.undo_delete()
+    assert back.id == conv.id and len(back.messages) == 4 and [r["id"] for r in store.list()[0]] == [conv.id]
+    with pytest.raises(WorkbenchError, match="nothing to undo"):
+        store.undo_delete()

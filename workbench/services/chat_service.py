@@ -127,6 +127,7 @@ class ChatService:
             raise WorkbenchError("Type the number of the turn to delete (1 is the first message).")
         conv = self.require_open(conv_id)
         text = remove_turn(conv, int(turn))
+        self.conversations.keep_previous(conv.id)  # Undo delete brings the turn back
         self.conversations.save(conv)
         return conv, text
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..atomic import write_json_atomic
 from ..errors import WorkbenchError
+from ..trash import Trash
 from ..paths import resolve_inside
 
 _ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
@@ -145,10 +146,22 @@ class ConversationStore:
         return conv
 
     def delete(self, conv_id: str) -> None:
+        """Move the conversation aside (`undo_delete` brings it back)."""
         path = self._path(conv_id)
         if not os.path.exists(path):
             raise ConversationError(f"There is no saved conversation {conv_id}.")
-        os.remove(path)
+        Trash(self.folder).put(path)
+
+    def keep_previous(self, conv_id: str) -> None:
+        """Keep the saved version aside before a change that loses text (deleting a turn), for undo."""
+        path = self._path(conv_id)
+        if os.path.exists(path):
+            Trash(self.folder).put(path, copy=True)
+
+    def undo_delete(self) -> Conversation:
+        """Bring back the conversation deleted (or cut short) last, as it was."""
+        name = Trash(self.folder).restore_latest(self.folder, "conversation or turn")
+        return self.get(name[: -len(".json")])
 
     def export_markdown(self, conv_id: str, out_folder: str) -> str:
         """Write the conversation as Markdown into `out_folder`; return the file's path."""

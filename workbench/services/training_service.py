@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import WorkbenchError
+from ..trash import Trash
 from ..paths import Paths, resolve_entry, resolve_inside
 from ..training.config import LORA, RUN_NAME, SCRATCH, TrainConfig
 from ..training.estimate import TrainEstimate
@@ -254,7 +255,11 @@ class TrainingService:
             raise RunError(f"There is no run {name!r}.")
         if self.status(name).status == RUNNING:
             raise RunError(f"Run {name!r} is running; cancel it before deleting it.")
-        shutil.rmtree(run.folder)
+        Trash(self.paths.runs, keep=3).put(run.folder)  # runs are big: the last three can be undone
+
+    def undo_delete(self) -> str:
+        """Bring back the run deleted last; return its name."""
+        return Trash(self.paths.runs, keep=3).restore_latest(self.paths.runs, "run")
 
     # reading -------------------------------------------------------------
     def names(self) -> list[str]:

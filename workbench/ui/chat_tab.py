@@ -68,6 +68,7 @@ class ChatView:
     title: gr.Textbox
     rename: gr.Button
     delete: gr.Button
+    undo: gr.Button
     export: gr.Button
     exported: gr.File
     model_line: gr.Markdown
@@ -88,6 +89,7 @@ class ChatView:
     preset_name: gr.Textbox
     save_preset: gr.Button
     delete_preset: gr.Button
+    undo_preset: gr.Button
     sliders: list
     json_schema: gr.Code
 
@@ -102,6 +104,7 @@ def _layout(balanced: GenParams) -> ChatView:
             title = gr.Textbox(label="Title", placeholder="rename the open conversation")
             rename = gr.Button("Rename")
             delete = gr.Button("Delete conversation", variant="stop")
+            undo = gr.Button("Undo delete", elem_id="undo-delete")
             export = gr.Button("Export as Markdown")
             exported = gr.File(label="Export", interactive=False)
         with gr.Column(scale=4):
@@ -131,13 +134,14 @@ def _layout(balanced: GenParams) -> ChatView:
                     preset_name = gr.Textbox(label="Save settings as", scale=2)
                     save_preset = gr.Button("Save preset", scale=1)
                     delete_preset = gr.Button("Delete preset", scale=1)
+                    undo_preset = gr.Button("Undo delete", scale=1)
                 sliders = _sampling_sliders(balanced)
                 json_schema = gr.Code("", language="json", label="JSON schema (replies are JSON matching it; "
                                       "{} = any JSON object; empty = free text)", elem_id="json-schema")
-    return ChatView(conv_id, conversations, new_chat, title, rename, delete, export, exported, model_line, chatbot,
+    return ChatView(conv_id, conversations, new_chat, title, rename, delete, undo, export, exported, model_line, chatbot,
                     message, send,
                     stop, regenerate, cont, edit_last, delete_last, turn_number, delete_turn, stats, system, preset,
-                    apply_preset, preset_name, save_preset, delete_preset, sliders, json_schema)
+                    apply_preset, preset_name, save_preset, delete_preset, undo_preset, sliders, json_schema)
 
 
 def _sampling_sliders(p: GenParams) -> list:
@@ -235,8 +239,20 @@ def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_fol
     @shows_errors
     def on_delete(cid):
         if cid:
+            title = chat.conversations.get(cid).title
             chat.conversations.delete(cid)
+            gr.Info(f"Deleted “{title}”; Undo delete brings it back.")
         return [], None, listing()
+
+    @shows_errors
+    def on_undo():
+        conv = chat.conversations.undo_delete()
+        gr.Info(f"“{conv.title}” is back as it was.")
+        return conv.messages, conv.id, listing(conv.id), conv.system_prompt or DEFAULT_SYSTEM_PROMPT
+
+    def turn_deleted(conv, text):
+        gr.Info(f"Deleted the turn “{text[:40]}”; Undo delete brings it back.")
+        return conv.messages
 
     @shows_errors
     def on_export(cid):
@@ -250,7 +266,12 @@ def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_fol
     @shows_errors
     def on_delete_preset(name):
         presets.delete(name)
+        gr.Info(f"Deleted preset {name}; Undo delete brings it back.")
         return gr.update(choices=presets.names(), value=None)
+
+    @shows_errors
+    def on_undo_preset():
+        return gr.update(choices=presets.names(), value=presets.undo_delete())
 
     outputs = [v.chatbot, v.message, v.stats, v.conv_id, v.conversations]
     with_text = [v.message, v.conv_id, v.system, *v.sliders, v.json_schema]  # new inputs go last (API order)
@@ -275,10 +296,11 @@ def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_fol
     v.cont.click(on_continue, without_text, outputs, api_name="continue", **line)
     v.stop.click(on_stop, None, None, api_name="stop", queue=False)
     v.edit_last.click(on_edit_last, v.conv_id, [v.chatbot, v.message], api_name="edit_last")
-    v.delete_last.click(shows_errors(lambda cid: chat.delete_last_turn(cid)[0].messages), v.conv_id, v.chatbot,
+    v.delete_last.click(shows_errors(lambda cid: turn_deleted(*chat.delete_last_turn(cid))), v.conv_id, v.chatbot,
                         api_name="delete_last")
-    v.delete_turn.click(shows_errors(lambda cid, n: chat.delete_turn(cid, n)[0].messages),
+    v.delete_turn.click(shows_errors(lambda cid, n: turn_deleted(*chat.delete_turn(cid, n))),
                         [v.conv_id, v.turn_number], v.chatbot, api_name="delete_turn")
+    v.undo.click(on_undo, None, [v.chatbot, v.conv_id, v.conversations, v.system], api_name="undo_delete")
     v.conversations.input(on_open, v.conversations, [v.chatbot, v.conv_id, v.stats, v.system],
                           api_name="open_conversation")
     v.new_chat.click(lambda: ([], None, "", listing()), None, [v.chatbot, v.conv_id, v.stats, v.conversations],
@@ -296,3 +318,4 @@ def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_fol
                          v.sliders, api_name="apply_preset")
     v.save_preset.click(on_save_preset, [v.preset_name, *v.sliders], v.preset, api_name="save_preset")
     v.delete_preset.click(on_delete_preset, v.preset, v.preset, api_name="delete_preset")
+    v.undo_preset.click(on_undo_preset, None, v.preset, api_name="undo_delete_preset")

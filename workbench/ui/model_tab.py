@@ -110,6 +110,7 @@ def build_model_tab(models: ModelService, profiles: ProfileStore, defaults: Load
             profile_name = gr.Textbox(label="Save current settings as", placeholder="my-laptop", scale=2)
             save_profile = gr.Button("Save profile", scale=1)
             delete_profile = gr.Button("Delete profile", scale=1)
+            undo_profile = gr.Button("Undo delete", scale=1)
         with gr.Accordion("Load options", open=True):
             form = list(build_load_form(defaults).values())
         with gr.Row():
@@ -160,7 +161,13 @@ def build_model_tab(models: ModelService, profiles: ProfileStore, defaults: Load
     @shows_errors
     def on_delete(profile_choice):
         profiles.delete(profile_choice)
+        gr.Info(f"Deleted profile {profile_choice}; Undo delete brings it back.")
         return gr.update(choices=profiles.names(), value=None)
+
+    @shows_errors
+    def on_undo_delete():
+        name = profiles.undo_delete()
+        return gr.update(choices=profiles.names(), value=name)
 
     def on_refresh():
         entries = models.list_models()
@@ -185,6 +192,7 @@ def build_model_tab(models: ModelService, profiles: ProfileStore, defaults: Load
     apply_profile.click(on_apply, profile, form, api_name="apply_profile")
     save_profile.click(on_save, [profile_name, *form], profile, api_name="save_profile")
     delete_profile.click(on_delete, profile, profile, api_name="delete_profile")
+    undo_profile.click(on_undo_delete, None, profile, api_name="undo_delete_profile")
     plan_button.click(on_plan, plan_inputs, [plan_chart, plan_text], api_name="plan")
     # the plan follows: model_name's change event draws it
     page.load(on_page_load, None, [model_name, table, profile, status], api_visibility="private")

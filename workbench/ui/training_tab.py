@@ -188,6 +188,7 @@ def _result_layout() -> dict:
         r["cancel"] = gr.Button("Cancel", variant="stop", elem_id="cancel-run")
         r["resume"] = gr.Button("Resume", elem_id="resume-run")
         r["delete"] = gr.Button("Delete run")
+        r["undo_delete"] = gr.Button("Undo delete")
     r["log_tail"] = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, autoscroll=True)
     with gr.Accordion("Use the result", open=True):
         r["load_result"] = gr.Button("Load in Chat", elem_id="load-result")
@@ -284,8 +285,14 @@ def build_training_tab(training: TrainingService, models: ModelService, jobs: Jo
     @shows_errors
     def on_delete(name):
         training.delete(name)
+        gr.Info(f"Deleted run {name}; Undo delete brings it back.")
         update = runs_update()
         return update, *run_view(update["value"])
+
+    @shows_errors
+    def on_undo_delete():
+        name = training.undo_delete()
+        return runs_update(name), *run_view(name)
 
     @shows_errors
     def on_upload(file):
@@ -338,6 +345,7 @@ def build_training_tab(training: TrainingService, models: ModelService, jobs: Jo
     r["resume"].click(shows_errors(lambda name: (training.resume(name), run_view(name))[1]), r["run_list"], view,
                       api_name="resume_training")
     r["delete"].click(on_delete, r["run_list"], [r["run_list"], *view], api_name="delete_run")
+    r["undo_delete"].click(on_undo_delete, None, [r["run_list"], *view], api_name="undo_delete_run")
     r["refresh_runs"].click(lambda name: (runs_update(name), *datasets_update()), r["run_list"],
                             [r["run_list"], *dataset_lists], api_name="list_runs")
     r["run_list"].change(run_view, r["run_list"], view, api_name="run_status")
