@@ -17,7 +17,8 @@ from .errors import WorkbenchError
 from .paths import resolve_inside
 from .trash import Trash
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
+NAME_MAX = 64
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,%d}$" % (NAME_MAX - 1))
 T = TypeVar("T")
 
 
@@ -90,8 +91,11 @@ class PresetFolder(Generic[T]):
         self._builtin = is_builtin
 
     def path(self, name: str) -> str:
+        if name is None or (isinstance(name, str) and not name.strip()):
+            raise PresetError(f"No {self.kind} is picked; choose one from the list or type a name.")
         if not isinstance(name, str) or not _NAME.match(name):
-            raise PresetError(f"The {self.kind} name {name!r} is not allowed; use letters, digits, spaces, '-', '_' or '.'.")
+            raise PresetError(f"The {self.kind} name {name[:40] if isinstance(name, str) else name!r} is not allowed; "
+                              f"use up to {NAME_MAX} letters, digits, spaces, '-', '_' or '.'.")
         return resolve_inside(self.folder, f"{name}.yaml", self.kind)
 
     def names(self) -> list[str]:

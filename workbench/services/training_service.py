@@ -83,7 +83,9 @@ class TrainingService:
     # names ---------------------------------------------------------------
     def run_files(self, name: str) -> RunFiles:
         if not isinstance(name, str) or not RUN_NAME.match(name):
-            raise RunError(f"Run name {name!r} is not allowed; use letters, digits, '-', '_' or '.'.")
+            raise RunError(f"Run name {name[:40] if isinstance(name, str) else name!r} is not allowed; "
+                           "use up to 64 letters, digits, '-', '_' or '.'." if name else
+                           "No run is picked; choose one from the list.")
         return RunFiles(resolve_inside(self.paths.runs, name, "run"))
 
     def datasets(self) -> list[str]:

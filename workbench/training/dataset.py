@@ -80,11 +80,20 @@ def read_text(path: str) -> tuple[str, str]:
     try:
         return data.decode("utf-8-sig"), "utf-8"
     except UnicodeDecodeError as e:
-        guess = "UTF-16 without a byte-order mark" if data[:200].count(b"\x00") > 20 else "Windows-1252 or Latin-1"
-        raise DatasetError(
-            f"{os.path.basename(path)} is not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); it looks like "
-            f"{guess}: save it as UTF-8 and try again."
-        ) from e
+        raise DatasetError(f"{os.path.basename(path)} is not UTF-8 (byte 0x{data[e.start]:02x} at offset "
+                           f"{e.start}); {_encoding_guess(data)}") from e
+
+
+def _encoding_guess(data: bytes) -> str:
+    """What a non-UTF-8 file probably is, as the end of a sentence: text in another encoding, or not text."""
+    head = data[:4096]
+    if head[:200].count(b"\x00") > 20:
+        return "it looks like UTF-16 without a byte-order mark: save it as UTF-8 and try again."
+    # Text in a legacy 8-bit encoding has no control bytes but tab and newlines; binary data has plenty.
+    controls = sum((b < 32 and b not in (9, 10, 12, 13)) or b == 127 for b in head)
+    if controls > 0.01 * len(head):
+        return "it does not look like text at all (a binary file?): pick a .txt, .md, .json or .jsonl file."
+    return "it looks like Windows-1252 or Latin-1: save it as UTF-8 and try again."
 
 
 def _row_format(row: dict) -> str | None:

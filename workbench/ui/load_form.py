@@ -12,6 +12,8 @@ from dataclasses import fields
 
 import gradio as gr
 
+from ..errors import WorkbenchError
+
 from ..backends.registry import BackendSpec
 from ..options import DEVICES, DTYPES, KV_CACHE_TYPES, LoadOptions
 
@@ -62,6 +64,8 @@ def _parsed(name: str, value):
     if name == "n_threads":
         return int(value) if value else None
     if name in ("max_ram_gib", "max_vram_gib"):
+        if value is not None and value < 0:  # the form's own words: 0 means no cap
+            raise WorkbenchError(f"The {_WIDGETS[name][0]} must be 0 (no cap) or a positive number of GiB.")
         return float(value) if value else None
     if name in ("n_ctx", "n_batch", "parallel", "draft_tokens"):
         return int(value or 0)
