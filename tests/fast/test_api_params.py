@@ -98,6 +98,7 @@ def test_sampling_extras_are_accepted(client):
      "response_format"),
     ({"logit_bias": {"abc": 1}}, "logit_bias"),
     ({"logit_bias": {"5": 101}}, "logit_bias"),
+    ({"logit_bias": {"9" * 400: 1}}, "logit_bias"),
     ({"presence_penalty": 3}, "presence_penalty"),
     ({"n": 99}, "n"),
     ({"top_logprobs": 3}, "top_logprobs"),

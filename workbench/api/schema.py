@@ -65,7 +65,7 @@ def _logit_bias(body: dict) -> dict[int, float]:
         raise ApiError("'logit_bias' must map up to 300 token ids to numbers between -100 and 100.", "logit_bias")
     out = {}
     for key, value in bias.items():
-        if not str(key).isdigit() or isinstance(value, bool) or not isinstance(value, (int, float)) \
+        if not str(key).isdigit() or len(str(key)) > 10 or isinstance(value, bool) or not isinstance(value, (int, float)) \
                 or not math.isfinite(value) or not -100 <= value <= 100:
             raise ApiError("'logit_bias' must map token ids to numbers between -100 and 100.", "logit_bias")
         out[int(key)] = float(value)
