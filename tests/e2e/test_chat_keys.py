@@ -23,6 +23,10 @@ def app(browser, tmp_path_factory):  # `browser` first: without chromium the mod
     root = scratch(tmp_path_factory.mktemp("keys"))
     write_fake_model(root / "models", reply="Echo: {last_user}")
     write_fake_model(root / "models", "other.json", reply="The other model.")
+    run = root / "user_data" / "runs" / "long-log"
+    run.mkdir(parents=True)
+    (run / "state.json").write_text(json.dumps({"status": "completed", "finished": 1}))
+    (run / "train.log").write_text("".join(f"step {i}: loss {3 - i / 100:.2f}\n" for i in range(60)))
     app = App("--model", "fake.json", root=str(root), env={"WORKBENCH_BACKENDS": "workbench.backends.fake_backend:SPEC"})
     app.root = root
     yield app
@@ -137,3 +141,29 @@ def test_the_chat_tab_names_the_model_and_the_model_tab_follows_a_load_made_else
     page.get_by_role("tab", name="Chat").click()
     expect(page.locator("#chat-model")).to_contain_text("Talking to other.json")
     screenshot(page, "keys-model-line")
+
+
+def test_the_training_log_shows_its_newest_line(app, page):
+    open_app(page, app.url)
+    page.get_by_role("tab", name="Training").click()
+    log = page.locator("#run-log textarea")
+    expect(log).to_have_value(re.compile("step 59: loss 2.41"), timeout=30_000)
+    at_end = page.wait_for_function("""() => { const t = document.querySelector('#run-log textarea');
+        return t && t.scrollHeight > t.clientHeight && t.scrollTop + t.clientHeight >= t.scrollHeight - 2; }""",
+                                    timeout=15_000)
+    assert at_end
+
+
+def test_a_reply_shows_no_eta_over_the_lists(app, page):
+    open_app(page, app.url)
+    box = page.locator("#chat-input textarea")
+    box.click()
+    box.type("watch the list")
+    box.press("Enter")
+    # While the reply runs, nothing covers the conversation list or the box (no ETA overlay).
+    covered = page.evaluate("""() => ['#conversations', '#chat-input'].some(id => {
+        const t = document.querySelector(id + ' [data-testid="status-tracker"]');
+        return t && getComputedStyle(t).display !== 'none' && t.innerText.trim() !== ''; })""")
+    assert not covered
+    expect(page.locator("#chatbot [data-testid='bot']").last).to_contain_text(
+        re.compile("Echo: watch the list|The other model"), timeout=60_000)

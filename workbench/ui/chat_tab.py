@@ -278,7 +278,10 @@ def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_fol
     without_text = [v.conv_id, v.system, *v.sliders, v.json_schema]
     # Replies from every browser tab (and API client) wait their turn at the model worker, in arrival
     # order; Gradio's queue (which shows a position) only holds those beyond WAITING_REPLIES.
-    line = dict(concurrency_id="chat-reply", concurrency_limit=WAITING_REPLIES)
+    # Gradio's own "processing 0.5/9.8 s" estimate is wrong for replies of any length and covered the
+    # conversation list: the reply streams into the chatbot, which shows only a small timer.
+    line = dict(concurrency_id="chat-reply", concurrency_limit=WAITING_REPLIES, show_progress="minimal",
+                show_progress_on=v.chatbot)
     for event in (v.send.click(on_send, with_text, outputs, api_name="chat", **line),
                   v.message.submit(on_send, with_text, outputs, api_visibility="private", **line)):
         event.then(lambda: model_line(chat), None, v.model_line, api_visibility="private", show_progress="hidden")

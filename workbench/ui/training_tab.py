@@ -189,7 +189,7 @@ def _result_layout() -> dict:
         r["resume"] = gr.Button("Resume", elem_id="resume-run")
         r["delete"] = gr.Button("Delete run")
         r["undo_delete"] = gr.Button("Undo delete")
-    r["log_tail"] = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, autoscroll=True)
+    r["log_tail"] = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, elem_id="run-log")
     with gr.Accordion("Use the result", open=True):
         r["load_result"] = gr.Button("Load in Chat", elem_id="load-result")
         with gr.Row():
@@ -205,6 +205,9 @@ def _result_layout() -> dict:
             r["ppl_button"] = gr.Button("Measure")
         r["ppl_result"] = gr.Markdown("")
     return r
+
+
+SCROLL_LOG_JS = "() => { const box = document.querySelector('#run-log textarea'); if (box) box.scrollTop = box.scrollHeight; }"
 
 
 def run_view_of(training: TrainingService, name: str | None) -> tuple:
@@ -237,7 +240,7 @@ def build_training_tab(training: TrainingService, models: ModelService, jobs: Jo
                        load_defaults: LoadOptions) -> None:
     """The tab. Its lists (models, datasets, runs) fill in on `page` load: that also shows runs started
     since the app was built, and keeps names off the page shell, which is served before login."""
-    with gr.Tab("Training"):
+    with gr.Tab("Training") as tab:
         with gr.Row():
             with gr.Column(scale=3):
                 f = _form_layout()
@@ -349,6 +352,10 @@ def build_training_tab(training: TrainingService, models: ModelService, jobs: Jo
     r["refresh_runs"].click(lambda name: (runs_update(name), *datasets_update()), r["run_list"],
                             [r["run_list"], *dataset_lists], api_name="list_runs")
     r["run_list"].change(run_view, r["run_list"], view, api_name="run_status")
+    # The newest line is what a person follows: scroll to it on every update, in the browser only
+    # (Gradio's autoscroll follows only a box already scrolled to its end).
+    r["log_tail"].change(None, None, None, js=SCROLL_LOG_JS)
+    tab.select(None, None, None, js=SCROLL_LOG_JS)  # a box filled while its tab was hidden had no height then
     f["upload"].upload(on_upload, f["upload"], dataset_lists, api_visibility="private")
     f["make_copy"].click(on_make_copy, f["base_model"], [f["base_model"], f["tokenizer"]],
                          api_name="make_transformers_copy")
