@@ -167,3 +167,21 @@ def test_a_reply_shows_no_eta_over_the_lists(app, page):
     assert not covered
     expect(page.locator("#chatbot [data-testid='bot']").last).to_contain_text(
         re.compile("Echo: watch the list|The other model"), timeout=60_000)
+
+
+def test_on_a_phone_the_message_box_is_on_the_first_screen(app, browser):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    try:
+        open_app(page, app.url)
+        box = page.locator("#chat-input textarea")
+        top = box.bounding_box()["y"]
+        screenshot(page, "keys-phone")
+        assert top + 40 < 844, f"the message box starts {top:.0f} px down"
+        box.click()
+        box.type("from the phone")
+        box.press("Enter")
+        expect(page.locator("#chatbot [data-testid='bot']").last).to_contain_text(
+            re.compile("Echo: from the phone|The other model"), timeout=60_000)
+    finally:
+        context.close()

@@ -28,6 +28,12 @@ APP_CSS = """
 /* Errors are toasts (gr.Error): a failed event leaves no "Error" badge over its outputs,
    which would cover the message box and the lists until its small x is clicked. */
 [data-testid="status-tracker"]:has(> .error) { display: none !important; }
+/* A phone (390 px): the conversation comes first and the message box stays within the first screen;
+   the saved conversations follow below it. */
+@media (max-width: 640px) {
+  #chat-side { order: 2; }
+  #chatbot { height: 45vh !important; max-height: 45vh; }
+}
 """
 
 

@@ -96,8 +96,8 @@ class ChatView:
 
 def _layout(balanced: GenParams) -> ChatView:
     conv_id = gr.State(None)
-    with gr.Row():
-        with gr.Column(scale=1, min_width=220):
+    with gr.Row(elem_id="chat-row"):
+        with gr.Column(scale=1, min_width=220, elem_id="chat-side"):
             conversations = gr.Dropdown([], value=None, allow_custom_value=True, label="Saved conversations",
                                         elem_id="conversations")
             new_chat = gr.Button("New chat", elem_id="new-chat")
