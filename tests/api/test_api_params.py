@@ -216,3 +216,26 @@ def test_embeddings_place_similar_texts_closer(api):
 
     assert len(vectors) == 3 and len(vectors[0]) >= 64
     assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2])
+
+
+def test_logprobs_stay_one_per_token_with_drafting(sample_gguf, tmp_path):
+    from workbench.options import GenerationRequest, GenParams
+
+    models = ModelService(Paths(str(tmp_path)))
+    models.load(sample_gguf, options=LoadOptions(n_ctx=512, parallel=1, draft_tokens=4))
+    try:
+        code = "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\n"
+        request = GenerationRequest(messages=[{"role": "user", "content": "Repeat this code exactly:\n" + code}],
+                                    params=GenParams(temperature=0, max_tokens=40, logprobs=1))
+        text, entries, stats = "", [], None
+        for kind, value in models.generate(request):
+            if kind == "token":
+                text += value
+            elif kind == "logprobs":
+                entries += value
+            else:
+                stats = value
+        assert stats.draft_accepted > 0  # drafting did happen
+        assert len(entries) == stats.completion_tokens and "".join(e["token"] for e in entries) == text
+    finally:
+        models.close()

@@ -164,7 +164,6 @@ class LlamaBatchEngine:
                 made.append(token)
                 if j + 1 < len(feed) and token != feed[j + 1]:
                     break  # the draft went wrong here: `token` is the correct next one
-            del slot.scored[len(slot.scored) - len(feed) + len(made):]  # rejected draft positions
             slot.drafted += len(feed) - 1
             slot.accepted += len(made) - 1
             # In the cache now: the fed tokens up to the last accepted one.
