@@ -1,7 +1,9 @@
 """Generation presets: named sampling settings, as YAML in presets/generation/.
 
-A preset sets any of GenParams' fields (temperature, top_p, top_k, min_p,
-repetition_penalty, max_tokens, seed, stop). Every backend honours them the same way.
+A preset sets any of GenParams' sampling fields (temperature, top_p, top_k, min_p,
+repetition_penalty, presence_penalty, frequency_penalty, max_tokens, seed, stop). Every
+backend honours them the same way. Per-request fields (logit_bias, logprobs, json_schema)
+are not preset material and are not saved.
 Folder mechanics (names, listing, strict parsing, shipped presets) live in `preset_store.py`.
 """
 
@@ -17,7 +19,8 @@ PRESET_KEYS = {"description", "builtin", "params"}
 _NUMBER = (int, float)
 PARAM_TYPES = {
     "temperature": _NUMBER, "top_p": _NUMBER, "top_k": (int,), "min_p": _NUMBER, "repetition_penalty": _NUMBER,
-    "max_tokens": (int,), "seed": (int, type(None)), "stop": (list,),
+    "max_tokens": (int,), "seed": (int, type(None)), "stop": (list,), "presence_penalty": _NUMBER,
+    "frequency_penalty": _NUMBER,
 }
 
 
@@ -60,7 +63,7 @@ class GenerationPresetStore(PresetFolder[GenerationPreset]):
     def save(self, name: str, params: GenParams, description: str = "") -> GenerationPreset:
         import yaml
 
-        values = params.to_dict()
+        values = {k: v for k, v in params.to_dict().items() if k in PARAM_TYPES}
         text = yaml.safe_dump({"description": description, "params": values}, sort_keys=False)
         self.write(name, text)
         return GenerationPreset(name, description, False, values)
