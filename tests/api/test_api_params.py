@@ -13,6 +13,8 @@ import time
 
 import openai
 import pytest
+
+pytestmark = [pytest.mark.model, pytest.mark.slow]  # real models, through getfixturevalue
 import uvicorn
 
 from tests.conftest import CAPITAL_QUESTION
