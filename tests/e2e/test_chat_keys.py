@@ -185,3 +185,16 @@ def test_on_a_phone_the_message_box_is_on_the_first_screen(app, browser):
             re.compile("Echo: from the phone|The other model"), timeout=60_000)
     finally:
         context.close()
+
+
+def test_a_reload_keeps_the_training_form(app, page):
+    open_app(page, app.url)
+    page.get_by_role("tab", name="Training").click()
+    name = page.get_by_label("Run name")
+    name.fill("kept-after-reload")
+    name.press("Tab")
+    page.wait_for_timeout(500)  # the form is saved as it is typed
+    page.reload()
+    page.locator("#chatbot").wait_for()
+    page.get_by_role("tab", name="Training").click()
+    expect(page.get_by_label("Run name")).to_have_value("kept-after-reload", timeout=30_000)

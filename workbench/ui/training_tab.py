@@ -120,6 +120,12 @@ def config_from_values(values) -> TrainConfig:
     return TrainConfig.from_dict(data, "the Training tab")
 
 
+def restore_form(saved) -> list:
+    """The form's values as this browser last had them (each field skipped when it has none)."""
+    saved = saved if isinstance(saved, dict) else {}
+    return [saved[name] if name in saved and saved[name] is not None else gr.skip() for name in FORM_FIELDS]
+
+
 def _number(name, label, info=None, whole=True):
     return gr.Number(getattr(D, name), precision=0 if whole else None, label=label, info=info)
 
@@ -240,6 +246,8 @@ def build_training_tab(training: TrainingService, models: ModelService, jobs: Jo
                        load_defaults: LoadOptions) -> None:
     """The tab. Its lists (models, datasets, runs) fill in on `page` load: that also shows runs started
     since the app was built, and keeps names off the page shell, which is served before login."""
+    # The form as last typed, kept in this browser (localStorage), so a reload does not lose it.
+    saved_form = gr.BrowserState(None, storage_key="workbench-training-form")
     with gr.Tab("Training") as tab:
         with gr.Row():
             with gr.Column(scale=3):
@@ -366,3 +374,7 @@ def build_training_tab(training: TrainingService, models: ModelService, jobs: Jo
     timer.tick(run_view, r["run_list"], view, show_progress="hidden", api_visibility="private")
     page.load(on_page_load, None, [r["run_list"], *dataset_lists, f["base_model"], f["tokenizer"], *view],
               api_visibility="private")
+    # Restored from what this browser stored before any change event could store the defaults over it.
+    page.load(restore_form, saved_form, form, api_visibility="private", show_progress="hidden")
+    gr.on([c.change for c in form], lambda *values: dict(zip(FORM_FIELDS, values)), form, saved_form,
+          api_visibility="private", show_progress="hidden", concurrency_limit=None)
