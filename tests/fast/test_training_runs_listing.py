@@ -39,3 +39,13 @@ def test_a_deleted_run_comes_back_with_undo(tmp_path):
     assert training.names() == []
     assert training.undo_delete() == "r1" and training.names() == ["r1"]
     assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+def test_a_resumed_run_has_no_eta_until_its_first_step():
+    from workbench.services.training_service import eta_seconds
+
+    before = [{"step": s, "max_steps": 100, "loss": 1.0, "step_s": 2.0, "time": 1000.0 + s} for s in range(1, 11)]
+    assert eta_seconds(before, started=1000.0) == 90 * 2.0  # the first run: its own steps
+    assert eta_seconds(before, started=5000.0) is None  # resumed at 5000: the old rows give no ETA
+    after = before + [{"step": 11, "max_steps": 100, "loss": 0.9, "step_s": 3.0, "time": 5010.0}]
+    assert eta_seconds(after, started=5000.0) == 89 * 3.0

@@ -64,8 +64,10 @@ def _alive(pid: int | None) -> bool:
         return False
 
 
-def eta_seconds(rows: list[dict]) -> float | None:
-    steps = [r for r in rows if "loss" in r and r.get("step_s")]
+def eta_seconds(rows: list[dict], started: float | None = None) -> float | None:
+    """Seconds left from the step times this process measured (None until its first step: a resumed run's
+    older rows would give a number that stands still while it loads)."""
+    steps = [r for r in rows if "loss" in r and r.get("step_s") and (not started or r.get("time", 0) >= started)]
     if not steps:
         return None
     recent = [r["step_s"] for r in steps[-10:]]
@@ -307,7 +309,7 @@ class TrainingService:
             max_steps=last.get("max_steps", 0),
             loss=last.get("loss"),
             eval_loss=evals[-1]["eval_loss"] if evals else None,
-            eta_s=eta_seconds(rows) if status == RUNNING else None,
+            eta_s=eta_seconds(rows, state.get("started")) if status == RUNNING else None,
             error=state.get("error") if status == FAILED else None,
             output=state.get("output"),
             perplexity_before=state.get("perplexity_before"),

@@ -39,6 +39,8 @@ def status_markdown(status, root: str = ".") -> str:
     head = f"**{status.name}** ({status.method}): **{status.status}**"
     if status.max_steps:
         head += f", step {status.step} of {status.max_steps}{fmt_eta(status.eta_s)}"
+        if status.status == "running" and status.eta_s is None:
+            head += ", starting (loading the model and the last checkpoint)"
     lines = [head]
     if status.loss is not None:
         lines.append(f"training loss {status.loss:.4f}" + (
