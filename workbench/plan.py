@@ -30,7 +30,6 @@ GGUF_KQ_BYTES = 6.4              # per (context x micro-batch x head) without fl
 GGUF_FLASH_COMPUTE_BASE = 12.5 * MiB  # the same two with flash attention (no full KQ matrix)
 GGUF_FLASH_KQ_BYTES = 0.32
 CUDA_CONTEXT = 300 * MiB          # CUDA runtime per GPU
-TORCH_CPU_HALF_COPY = 1.0         # bf16/fp16 matmuls on CPU keep a reordered copy of the weights
 TORCH_ATTN_BYTES = 1.63           # per (context x prompt chunk x head) during chunked prefill
 TORCH_ACT_FACTOR = 16             # activation bytes per (prompt-chunk token x hidden unit)
 
@@ -44,7 +43,8 @@ class PlanStrategy:
     runtime: int                    # the worker process itself (python and the engine's libraries)
     weights_as_stored: bool = False  # quantized: weights take their on-disk size, not parameters x dtype
     dequant_per_param: float = 0.0   # bytes per quantized parameter the CPU kernel keeps dequantized
-    half_copy: bool = False          # bf16/fp16 matmuls on CPU keep a reordered copy of the weights
+    load_overhead: int = 0           # "torch" layout: what loading and a first prompt add beside the weights
+                                     # (allocator pools, tokenizer, buffers), measured; counted as runtime
     context_past_model: bool = False  # a context past the model's own is allowed (with a note), not capped
     gguf_dequant_per_param: float = 0.0  # "torch" layout loading a GGUF: bytes per parameter held while it is
                                          # dequantized on load (besides the weights and the file's own pages)
@@ -245,18 +245,15 @@ def _plan_torch(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx:
     for g in gpus:
         g.runtime = CUDA_CONTEXT
     devices = gpus + [cpu]
-    # bf16/fp16 matmuls on the CPU keep a reordered copy of each weight they touch.
-    copy = TORCH_CPU_HALF_COPY if strategy.half_copy and elem == 2 else 0.0
     first = devices[0]  # runs the embedding, the head, and every offloaded layer
     first.weights, first.compute = embed_bytes, compute
-    if first is cpu:
-        cpu.compute += int(copy * embed_bytes)
+    cpu.runtime += strategy.load_overhead  # the process's, whatever the model: not under the cap
     # The KV cache is reserved on the main device: offloaded layers run there too (conservative for
     # layers a GPU box keeps on the CPU).
     first.kv_cache = int(n_layers * kv_layer)
     remaining = n_layers
     for dev in devices:
-        per_layer = layer_bytes * (1 + (copy if dev is cpu else 0))
+        per_layer = layer_bytes
         if dev is cpu and not options.max_ram_gib:
             take = remaining
         else:
@@ -265,7 +262,6 @@ def _plan_torch(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx:
         dev.layers = take
         dev.weights += take * layer_bytes
         if dev is cpu:
-            dev.compute += int(copy * take * layer_bytes)
             dev.compute += int(strategy.dequant_per_param * quantized_params * take / n_layers)
         remaining -= take
     plan = MemoryPlan(backend, n_ctx, None, n_layers, devices=devices, parallel=slots)

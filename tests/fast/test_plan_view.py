@@ -22,7 +22,7 @@ def _plan(**options):
 
 
 def test_the_table_and_the_refusal_name_the_same_numbers():
-    plan = _plan(n_ctx=2048, max_ram_gib=0.1)
+    plan = _plan(n_ctx=2048, max_ram_gib=0.05)
     cpu = plan.device("cpu")
     table, said = plan_table(plan), refusal(plan)
     model_line = next(line for line in table.splitlines() if line.startswith("model"))
@@ -39,8 +39,8 @@ def test_the_table_is_narrow():
 def test_the_chart_draws_the_cap_when_set_or_exceeded_and_no_free_bar():
     fits = plan_frame(_plan(n_ctx=2048))
     assert fits[fits["part"] == "cap"]["MiB"].sum() == 0  # no cap set and it fits: only the parts
-    capped = plan_frame(_plan(n_ctx=2048, max_ram_gib=0.1))
+    capped = plan_frame(_plan(n_ctx=2048, max_ram_gib=0.05))
     cap = capped[capped["part"] == "cap"]
-    assert list(cap["device"]) == ["cpu cap"] and abs(cap["MiB"].iloc[0] - 0.1 * 1024) < 1
+    assert list(cap["device"]) == ["cpu cap"] and abs(cap["MiB"].iloc[0] - 0.05 * 1024) < 1
     parts = capped[(capped["device"] == "cpu") & (capped["part"] != "runtime")]["MiB"].sum()
     assert parts > cap["MiB"].iloc[0]  # the bars show that it does not fit

@@ -1,0 +1,45 @@
+"""The memory plan holds for other architectures than the sample's: tiny random-weight models of six
+architectures (bench/arch_models.py, built offline) load in a worker, answer a prompt that fills most of
+the context, and their peak RSS is within 10% of the plan (Transformers form, bf16 on disk)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+from workbench.options import GenerationRequest, GenParams, LoadOptions
+from workbench.paths import Paths
+from workbench.services.model_service import ModelService
+
+ARCHITECTURES = ("qwen2", "mistral", "phi3", "gemma2", "mixtral", "qwen2_moe")  # bench/arch_models.py's
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory, sample_transformers):
+    # Built in another process: a worker's peak RSS counts this process's size when it starts
+    # (ru_maxrss survives the fork and exec of a spawn), and torch here would add 250 MiB to each.
+    out = tmp_path_factory.mktemp("arch")
+    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "arch_models.py"), str(out), sample_transformers],
+                   check=True, capture_output=True)
+    return {arch: str(out / arch) for arch in ARCHITECTURES}
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_plan_is_within_ten_percent_of_the_measured_peak(models_dir, arch, tmp_path):
+    service = ModelService(Paths(str(tmp_path)))
+    try:
+        options = LoadOptions(n_ctx=512, parallel=1)
+        plan = service.plan(models_dir[arch], None, options)
+        service.load(models_dir[arch], options=options)
+        service.complete(GenerationRequest(prompt="word " * 400, params=GenParams(temperature=0, max_tokens=4)))
+        peak = service.worker_memory().peak_rss_bytes
+    finally:
+        service.close()
+    error = (plan.ram_total() - peak) / peak
+    assert abs(error) <= 0.10, f"{arch}: planned {plan.ram_total() / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB"
