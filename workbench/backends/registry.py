@@ -139,7 +139,7 @@ def load_backend_class(class_path: str, requires: tuple[str, ...] = (), install_
 
 
 # Process sizes and kernel constants measured on the sample model (bench/bench_plan.py re-measures them).
-LLAMA_PLAN = PlanStrategy("gguf", runtime=46 * MiB, context_past_model=True)
+LLAMA_PLAN = PlanStrategy("gguf", runtime=62 * MiB, context_past_model=True)
 # Measured on tiny models of six architectures (bench/arch_models.py) and the sample: torch and
 # transformers imported take 253 MiB, loading and a first prompt add 150 MiB beside one copy of the
 # weights. transformers' GGUF loader also reads the file and holds dequantized copies while loading.
