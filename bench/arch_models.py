@@ -26,6 +26,9 @@ ARCHITECTURES = {
                                       intermediate_size=384)),
     "qwen2_moe": ("Qwen2MoeConfig", dict(vocab_size=50_000, num_experts=4, num_experts_per_tok=2,
                                          moe_intermediate_size=256, shared_expert_intermediate_size=512)),
+    # A Llama layout with Qwen's 152k vocabulary: llama.cpp's converter knows the sample's tokenizer for
+    # Llama (not for Qwen2), so this is the large-vocabulary case in GGUF form too.
+    "llama_152k": ("LlamaConfig", dict(vocab_size=151_936, tie_word_embeddings=True)),
 }
 
 

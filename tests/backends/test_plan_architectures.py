@@ -15,7 +15,8 @@ from workbench.options import GenerationRequest, GenParams, LoadOptions
 from workbench.paths import Paths
 from workbench.services.model_service import ModelService
 
-ARCHITECTURES = ("qwen2", "mistral", "phi3", "gemma2", "mixtral", "qwen2_moe")  # bench/arch_models.py's
+ARCHITECTURES = ("qwen2", "mistral", "phi3", "gemma2", "mixtral", "qwen2_moe", "llama_152k")  # bench/arch_models.py's
+CONVERTER = os.path.join(ROOT, ".venv", "share", "llama.cpp-convert", "convert_hf_to_gguf.py")
 
 pytestmark = pytest.mark.slow
 
@@ -30,16 +31,28 @@ def models_dir(tmp_path_factory, sample_transformers):
     return {arch: str(out / arch) for arch in ARCHITECTURES}
 
 
-@pytest.mark.parametrize("arch", list(ARCHITECTURES))
-def test_plan_is_within_ten_percent_of_the_measured_peak(models_dir, arch, tmp_path):
+def _within_ten_percent(path: str, tmp_path, label: str) -> None:
     service = ModelService(Paths(str(tmp_path)))
     try:
         options = LoadOptions(n_ctx=512, parallel=1)
-        plan = service.plan(models_dir[arch], None, options)
-        service.load(models_dir[arch], options=options)
+        plan = service.plan(path, None, options)
+        service.load(path, options=options)
         service.complete(GenerationRequest(prompt="word " * 400, params=GenParams(temperature=0, max_tokens=4)))
         peak = service.worker_memory().peak_rss_bytes
     finally:
         service.close()
     error = (plan.ram_total() - peak) / peak
-    assert abs(error) <= 0.10, f"{arch}: planned {plan.ram_total() / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB"
+    assert abs(error) <= 0.10, f"{label}: planned {plan.ram_total() / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_transformers_plan_is_within_ten_percent_of_the_measured_peak(models_dir, arch, tmp_path):
+    _within_ten_percent(models_dir[arch], tmp_path, arch)
+
+
+@pytest.mark.skipif(not os.path.isfile(CONVERTER), reason="llama.cpp's converter is not unpacked (./start.sh does it)")
+def test_llama_cpp_plan_holds_for_a_152k_vocabulary(models_dir, tmp_path):
+    gguf = str(tmp_path / "llama_152k.gguf")
+    subprocess.run([sys.executable, CONVERTER, models_dir["llama_152k"], "--outfile", gguf, "--outtype", "q8_0"],
+                   check=True, capture_output=True)
+    _within_ten_percent(gguf, tmp_path, "llama_152k GGUF")
