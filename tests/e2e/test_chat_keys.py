@@ -198,3 +198,19 @@ def test_a_reload_keeps_the_training_form(app, page):
     page.locator("#chatbot").wait_for()
     page.get_by_role("tab", name="Training").click()
     expect(page.get_by_label("Run name")).to_have_value("kept-after-reload", timeout=30_000)
+
+
+def test_on_a_phone_the_memory_plan_is_readable(app, browser):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    try:
+        open_app(page, app.url)
+        page.get_by_role("tab", name="Model").click()
+        plan = page.locator("#plan-text pre")
+        expect(plan).to_contain_text("total", timeout=30_000)
+        screenshot(page, "keys-phone-model")
+        fits = page.evaluate("""() => { const p = document.querySelector('#plan-text pre');
+            return {overflow: p.scrollWidth - p.clientWidth, width: p.getBoundingClientRect().width}; }""")
+        assert fits["overflow"] <= 2 and fits["width"] >= 250, fits
+    finally:
+        context.close()

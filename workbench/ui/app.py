@@ -33,7 +33,12 @@ APP_CSS = """
 @media (max-width: 640px) {
   #chat-side { order: 2; }
   #chatbot { height: 45vh !important; max-height: 45vh; }
+  /* the memory plan: chart above the table, each the full width */
+  #plan-row { flex-direction: column; }
+  #plan-row > * { width: 100%; min-width: 100% !important; }
 }
+/* the plan table is narrow; its notes wrap instead of needing a sideways scroll */
+#plan-text pre, #plan-text pre code { white-space: pre-wrap !important; overflow-wrap: anywhere; }
 """
 
 

@@ -113,7 +113,7 @@ def build_model_tab(models: ModelService, profiles: ProfileStore, defaults: Load
             undo_profile = gr.Button("Undo delete", scale=1)
         with gr.Accordion("Load options", open=True):
             form = list(build_load_form(defaults).values())
-        with gr.Row():
+        with gr.Row(elem_id="plan-row"):
             plan_chart = gr.BarPlot(None, x="device", y="MiB", color="part", color_map=PART_COLORS, color_title="",
                                     label="Memory plan (before loading)", scale=2, elem_id="plan-chart")
             plan_text = gr.Markdown("", elem_id="plan-text")
