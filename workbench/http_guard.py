@@ -77,6 +77,7 @@ class FailureThrottle:
     clock: Callable[[], float] = time.monotonic
     _seen: OrderedDict = field(default_factory=OrderedDict)  # client -> (failures, time of the last one)
     _lock: threading.Lock = field(default_factory=threading.Lock)  # the UI's and the API's servers share one
+    _tried: dict = field(default_factory=dict)  # client -> digests of the wrong credentials it sent lately
 
     def wait_s(self, client: str) -> float:
         """Seconds `client` must still wait before its next attempt (0: it may try now)."""
@@ -85,21 +86,33 @@ class FailureThrottle:
             now = self.clock()
             if failures and now - last > self.forget_s:
                 del self._seen[client]
+                self._tried.pop(client, None)
                 return 0.0
             if failures < self.free:
                 return 0.0
             return max(0.0, last + min(self.max_wait_s, 2.0 ** (failures - self.free)) - now)
 
-    def failed(self, client: str) -> None:
+    def failed(self, client: str, credential: bytes = b"") -> None:
+        """Count a failure of `client`; the same wrong `credential` sent again (a client retrying with a
+        stale key) counts once, since only new guesses are an attack."""
+        import hashlib
+
+        digest = hashlib.sha256(credential).digest()[:8]
         with self._lock:
             failures, _ = self._seen.pop(client, (0, 0.0))
-            self._seen[client] = (failures + 1, self.clock())
+            tried = self._tried.setdefault(client, [])
+            if digest not in tried:
+                failures += 1
+                tried[:] = (tried + [digest])[-32:]
+            self._seen[client] = (failures, self.clock())
             while len(self._seen) > self.max_clients:
-                self._seen.popitem(last=False)
+                gone, _ = self._seen.popitem(last=False)
+                self._tried.pop(gone, None)
 
     def succeeded(self, client: str) -> None:
         with self._lock:
             self._seen.pop(client, None)
+            self._tried.pop(client, None)
 
 
 def client_of(scope) -> str:
@@ -218,16 +231,22 @@ class RequestGuard:
                 await self._refuse(scope, receive, send, 413,
                                    f"The request body is larger than the limit of {_size(limit)}.", "body_too_large")
             return
-        status = []
+        status, body = [], []
 
         async def watch(message):
             if message["type"] == "http.response.start":
                 status.append(message["status"])
             await send(message)
 
-        await self.app(scope, receive, watch)
+        async def keep(message=None):
+            message = await receive()
+            if message["type"] == "http.request":
+                body.append(message.get("body", b""))
+            return message
+
+        await self.app(scope, keep, watch)
         if status and 400 <= status[0] < 500:
-            self.throttle.failed(client)
+            self.throttle.failed(client, b"".join(body))  # the credentials tried
         elif status and status[0] < 400:
             self.throttle.succeeded(client)
 

@@ -105,27 +105,30 @@ def test_wrong_api_keys_are_throttled_per_client(models):
     throttle = FailureThrottle(clock=lambda: clock[0])
     app = build_api(models, api_key="right-key", throttle=throttle)
     api = TestClient(app, base_url="http://127.0.0.1:5000")
-    wrong = {"Authorization": "Bearer wrong"}
-    for _ in range(throttle.free):
-        assert api.get("/v1/models", headers=wrong).status_code == 401
+    guesses = ({"Authorization": f"Bearer guess-{i}"} for i in range(100))
+    stale = {"Authorization": "Bearer stale-key"}
+    for _ in range(10):  # a client retrying with one stale key is not guessing: it is never locked out
+        assert api.get("/v1/models", headers=stale).status_code == 401
+    for _ in range(throttle.free - 1):
+        assert api.get("/v1/models", headers=next(guesses)).status_code == 401
     refused = api.get("/v1/models", headers={"Authorization": "Bearer right-key"})
     assert refused.status_code == 429 and "try again" in refused.json()["error"]["message"]
     assert int(refused.headers["Retry-After"]) >= 1
     clock[0] += 1.5
-    assert api.get("/v1/models", headers=wrong).status_code == 401
+    assert api.get("/v1/models", headers=next(guesses)).status_code == 401
     clock[0] += 1.5
-    assert api.get("/v1/models", headers=wrong).status_code == 429  # the wait doubled
+    assert api.get("/v1/models", headers=next(guesses)).status_code == 429  # the wait doubled
     clock[0] += 3
     assert api.get("/v1/models", headers={"Authorization": "Bearer right-key"}).status_code == 200
-    assert api.get("/v1/models", headers=wrong).status_code == 401  # the right key forgave the client
+    assert api.get("/v1/models", headers=next(guesses)).status_code == 401  # the right key forgave the client
 
 
 def test_throttle_forgets_old_failures_and_bounds_its_memory():
     clock = [0.0]
     throttle = FailureThrottle(free=2, max_clients=3, clock=lambda: clock[0])
     for client in "abcd":
-        throttle.failed(client)
-        throttle.failed(client)
+        throttle.failed(client, b"guess one")
+        throttle.failed(client, b"guess two")
     assert "a" not in throttle._seen and throttle.wait_s("d") > 0
     clock[0] += throttle.forget_s + 1
     assert throttle.wait_s("d") == 0

@@ -75,7 +75,7 @@ class RequireApiKey:
             given = dict(scope["headers"]).get(b"authorization", b"")
             token = given[7:] if given[:7].lower() == b"bearer " else b""
             if not hmac.compare_digest(token, self.api_key):
-                self.throttle.failed(client)
+                self.throttle.failed(client, given)
                 response = error_response(401, "Incorrect or missing API key; send 'Authorization: Bearer <key>'.",
                                           "invalid_request_error", "invalid_api_key")
                 await response(scope, receive, send)
