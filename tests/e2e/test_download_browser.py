@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tests.downloads.conftest import GGUF_NAME
-from tests.e2e.conftest import browser, open_app, page, screenshot, stop  # noqa: F401 - fixtures used below
+from tests.downloads.conftest import GGUF_NAME, hub  # noqa: F401 - the fake hub fixture, used below
+from tests.e2e.conftest import open_app, screenshot, stop
 from tests.ui.test_webui import App
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
