@@ -151,7 +151,8 @@ def post_and_hang_up(api, body: dict, after_lines: int) -> None:
     data = json.dumps(body).encode()
     host, port = api.api_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: " + f"{host}:{port}".encode()
+                     + b"\r\nContent-Type: application/json\r\n"
                      b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: " + str(len(data)).encode()
                      + b"\r\n\r\n" + data)
         if after_lines:
