@@ -52,6 +52,7 @@ class Detection:
     chat_template: str | None = None
     weight_files: tuple[str, ...] = field(default_factory=tuple)
     pickle_weights: bool = False   # weights are pickle files (loaded with weights_only)
+    tied_embeddings: bool | None = None  # the output head shares the embedding's weights (None: not said)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -326,6 +327,8 @@ def _detect_folder(folder: str, trust_pickle: bool) -> Detection:
         chat_template=_chat_template(folder),
         weight_files=tuple(used),
         pickle_weights=not files,
+        tied_embeddings=text_cfg.get("tie_word_embeddings", config.get("tie_word_embeddings"))
+        if isinstance(text_cfg.get("tie_word_embeddings", config.get("tie_word_embeddings")), bool) else None,
     )
 
 

@@ -56,3 +56,20 @@ def test_llama_cpp_plan_holds_for_a_152k_vocabulary(models_dir, tmp_path):
     subprocess.run([sys.executable, CONVERTER, models_dir["llama_152k"], "--outfile", gguf, "--outtype", "q8_0"],
                    check=True, capture_output=True)
     _within_ten_percent(gguf, tmp_path, "llama_152k GGUF")
+
+
+@pytest.fixture(scope="module")
+def gptq_dir(models_dir, tmp_path_factory):
+    """GPTQ forms of a tied 152k-vocabulary model and an untied one (the workbench's own convert, ~1 min each)."""
+    out = tmp_path_factory.mktemp("arch-gptq")
+    made = {}
+    for arch in ("qwen2", "mistral"):
+        made[arch] = str(out / arch)
+        subprocess.run([sys.executable, "-m", "workbench", "convert", models_dir[arch], "--to", "gptq", made[arch]],
+                       check=True, capture_output=True, cwd=ROOT)
+    return made
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "mistral"])
+def test_gptq_plan_is_within_ten_percent_of_the_measured_peak(gptq_dir, arch, tmp_path):
+    _within_ten_percent(gptq_dir[arch], tmp_path, f"{arch} GPTQ")

@@ -146,7 +146,7 @@ LLAMA_PLAN = PlanStrategy("gguf", runtime=62 * MiB, context_past_model=True)
 TRANSFORMERS_PLAN = PlanStrategy("torch", runtime=253 * MiB, load_overhead=150 * MiB, gguf_dequant_per_param=1.0)
 # GPTQModel, torchao and their kernels on top of torch; the CPU kernel keeps 1.28 bytes per
 # quantized parameter dequantized.
-GPTQ_PLAN = PlanStrategy("torch", runtime=597 * MiB, weights_as_stored=True, dequant_per_param=1.28)
+GPTQ_PLAN = PlanStrategy("torch", runtime=597 * MiB, weights_as_stored=True, dequant_per_param=1.28, unties_head=True)
 
 _LLAMA_OPTIONS = frozenset({"n_gpu_layers", "n_batch", "use_mmap", "use_mlock", "flash_attn", "cache_type",
                             "parallel", "draft_tokens"})
