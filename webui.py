@@ -99,7 +99,6 @@ def start_api(models, host: str, port: int, api_key: str | None, cors: list[str]
 
     from workbench.api.server import build_api
 
-    raise_open_file_limit(2 * API_MAX_CONNECTIONS + 256)
     server = uvicorn.Server(uvicorn.Config(build_api(models, api_key, cors, hosts, throttle), host=host, port=port,
                                            log_level="warning", timeout_graceful_shutdown=3,
                                            limit_concurrency=API_MAX_CONNECTIONS, timeout_keep_alive=API_KEEP_ALIVE_S,
@@ -139,6 +138,9 @@ def main(argv=None) -> int:
     from workbench.ui.app import APP_CSS, build_app
 
     args = parse_args(argv)
+    # Slow clients hold a connection each: with the soft limit (often 1,024 files) a thousand of them left
+    # the UI unable to accept anyone; the hard limit is usually far higher.
+    raise_open_file_limit(4 * API_MAX_CONNECTIONS + 1024)
     paths = Paths.default()
     profiles = profile_store(paths)
     try:

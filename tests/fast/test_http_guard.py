@@ -161,3 +161,19 @@ def test_messages_show_names_not_server_paths(text, shown):
 
     root = "/opt/workbench"
     assert public_text(text.format(root=root), root) == (shown or text)
+
+
+def test_the_app_raises_its_open_file_limit():
+    import resource
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    script = ("import resource, webui; resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit("
+              "resource.RLIMIT_NOFILE)[1])); webui.raise_open_file_limit(5000); "
+              "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    raised = int(subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout)
+    assert raised == (5000 if hard == resource.RLIM_INFINITY else min(5000, hard))
