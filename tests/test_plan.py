@@ -160,8 +160,10 @@ def test_parallel_slots_multiply_the_kv_cache_and_auto_takes_what_fits(sample_gg
     refused = make_plan(d, BACKENDS.get("llama.cpp"), LoadOptions(n_ctx=4096, parallel=8, max_ram_gib=tight_cap),
                         CPU_BOX)
     assert not refused.fits and "lower parallel requests below 8" in refusal(refused)
-    transformers = make_plan(d, BACKENDS.get("transformers"), LoadOptions(n_ctx=2048, parallel=4), CPU_BOX)
-    assert transformers.parallel == 1  # a backend that does not batch gets one slot
+    from dataclasses import replace
+
+    no_batching = replace(BACKENDS.get("llama.cpp"), load_options=BACKENDS.get("llama.cpp").load_options - {"parallel"})
+    assert make_plan(d, no_batching, LoadOptions(n_ctx=2048, parallel=4), CPU_BOX).parallel == 1
 
 
 def test_auto_gpu_layers_search_does_not_walk_every_claimed_layer(sample_gguf):
