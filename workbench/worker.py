@@ -353,21 +353,25 @@ class ModelWorker:
                     cancel_sent = True
                 if reply is None:
                     continue
-                if reply[0] == "token":
-                    yield "token", reply[2]
-                    if len(reply) > 3:
-                        yield "logprobs", reply[3]
-                elif reply[0] == "done":
-                    finished = True
-                    yield "done", GenerationStats.from_dict(reply[2])
+                finished = reply[0] != "token"
+                yield from self._events(reply)
+                if finished:
                     return
-                else:
-                    finished = True
-                    self._raise(reply)
         finally:
             if not finished:
                 self._cancel(rid)  # the consumer stopped early: end this generation in the worker
             self._close(rid)
+
+    def _events(self, reply: tuple) -> Iterator[tuple[str, object]]:
+        """The caller's events for one reply of a generation: text (and its logprobs), the stats, or the error."""
+        if reply[0] == "token":
+            yield "token", reply[2]
+            if len(reply) > 3:
+                yield "logprobs", reply[3]
+        elif reply[0] == "done":
+            yield "done", GenerationStats.from_dict(reply[2])
+        else:
+            self._raise(reply)
 
     async def agenerate(self, request: GenerationRequest) -> AsyncIterator[tuple[str, str | GenerationStats]]:
         """`generate` for asyncio: waiting holds no thread. Closing it (a hang-up) ends this generation."""
@@ -376,17 +380,11 @@ class ModelWorker:
         try:
             while True:
                 reply = await channel.queue.get()
-                if reply[0] == "token":
-                    yield "token", reply[2]
-                    if len(reply) > 3:
-                        yield "logprobs", reply[3]
-                elif reply[0] == "done":
-                    finished = True
-                    yield "done", GenerationStats.from_dict(reply[2])
+                finished = reply[0] != "token"
+                for event in self._events(reply):
+                    yield event
+                if finished:
                     return
-                else:
-                    finished = True
-                    self._raise(reply)
         finally:
             if not finished:
                 self._cancel(rid)

@@ -8,17 +8,15 @@ streamed and whole replies agreeing, context_length_exceeded.
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import openai
 import pytest
 
+from tests.fast.fakes import serving_api
+
 pytestmark = [pytest.mark.model, pytest.mark.slow]  # real models, through getfixturevalue
-import uvicorn
 
 from tests.conftest import CAPITAL_QUESTION
-from workbench.api.server import build_api
 from workbench.options import LoadOptions
 from workbench.paths import Paths
 from workbench.services.model_service import ModelService
@@ -69,15 +67,8 @@ def api(request, tmp_path_factory):
     models = ModelService(Paths(str(tmp_path_factory.mktemp("api_models"))))
     dtype = "auto" if request.param == "gptq" else "float32"
     models.load(path, options=LoadOptions(n_ctx=512, parallel=2, dtype=dtype))
-    server = uvicorn.Server(uvicorn.Config(build_api(models), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="any", max_retries=0, timeout=300), models
-    server.should_exit = True
-    thread.join(10)
+    with serving_api(models) as base:
+        yield openai.OpenAI(base_url=base + "/v1", api_key="any", max_retries=0, timeout=300), models
     models.close()
 
 

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import threading
-import time
 import zlib
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
-from workbench.api.server import build_api
 from workbench.options import LoadOptions
 from workbench.paths import Paths
 from workbench.services.model_service import ModelService
 
-from .fakes import fake_registry, scratch, write_fake_model
+from .fakes import fake_registry, scratch, write_fake_model, serving_api
 
 REPLY = "Paris is the capital."
 ASK = [{"role": "user", "content": "Capital?"}]
@@ -28,15 +24,8 @@ def api(tmp_path_factory):
     models = ModelService(Paths(str(root)), registry=fake_registry())
     write_fake_model(root / "models", "other.json", reply="x")
     models.load(write_fake_model(root / "models", reply=REPLY), options=LoadOptions(n_ctx=64, parallel=4))
-    server = uvicorn.Server(uvicorn.Config(build_api(models), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serving_api(models) as base:
+        yield base
     models.close()
 
 

@@ -4,20 +4,16 @@ calls come back parsed (whole and streamed), a two-step conversation with tool r
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
-from workbench.api.server import build_api
 from workbench.options import LoadOptions
 from workbench.paths import Paths
 from workbench.services.model_service import ModelService
 
-from .fakes import fake_registry, scratch, write_fake_model
+from .fakes import fake_registry, scratch, write_fake_model, serving_api
 
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.",
@@ -33,15 +29,8 @@ def api(tmp_path_factory):
     models.load(write_fake_model(root / "models", reply="No tools here.", rules=[
         {"when": "22 C and sunny", "reply": "It is 22 C and sunny in Paris."},
         {"when": "<tools>", "reply": "Let me look. " + CALL}]), options=LoadOptions(n_ctx=1024, parallel=2))
-    server = uvicorn.Server(uvicorn.Config(build_api(models), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serving_api(models) as base:
+        yield base
     models.close()
 
 
