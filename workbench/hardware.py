@@ -1,6 +1,7 @@
 """What this machine has: CPU cores, RAM, each NVIDIA GPU's VRAM, free disk for offload.
 
-psutil for CPU and RAM; NVML (nvidia-ml-py) for GPUs, so no torch import is needed.
+psutil for CPU and RAM; NVML (nvidia-ml-py) for GPUs, so no torch import is needed; and a
+process's own peak RSS (for the worker and training runs).
 Works without error on a machine with no GPU or no NVML: `gpus` is then empty.
 """
 
@@ -75,3 +76,18 @@ def detect_hardware(offload_dir: str = ".") -> Hardware:
         disk_free_bytes=int(shutil.disk_usage(probe or ".").free),
         gpus=detect_gpus(),
     )
+
+
+def peak_rss_bytes() -> int:
+    """This process's own peak RSS: VmHWM, which starts afresh at exec (ru_maxrss keeps the parent's
+    peak across a spawn, so a worker started by a large app would report the app's size)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

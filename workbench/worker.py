@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator
 
 from .detect import Detection
 from .errors import WorkbenchError, WorkerDied, brief, raise_by_name
+from .hardware import peak_rss_bytes
 from .model_values import GenerationStats, WorkerMemory
 from .options import GenerationRequest, LoadOptions
 
@@ -45,18 +46,12 @@ _CTX = mp.get_context("spawn")
 STOP_POLL_S = 0.05  # how often a blocked reader checks its own stop request
 
 
-def _peak_rss_bytes() -> int:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def _memory() -> dict:
     """RSS now and at peak; `anon_bytes` leaves out file pages (mmapped weights the OS can drop)."""
     import psutil
 
     info = psutil.Process().memory_info()
-    return {"rss_bytes": info.rss, "peak_rss_bytes": _peak_rss_bytes(),
+    return {"rss_bytes": info.rss, "peak_rss_bytes": peak_rss_bytes(),
             "anon_bytes": info.rss - getattr(info, "shared", 0)}
 
 

@@ -21,14 +21,11 @@ import traceback
 
 from ..atomic import write_json_atomic
 from ..errors import WorkbenchError, brief
+from ..hardware import peak_rss_bytes
 from .config import LORA, TrainConfig
 from .run_files import CANCELLED, COMPLETED, FAILED, RUNNING, RunFiles
 
 
-def _peak_rss() -> int:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class ListDataset:
@@ -127,7 +124,7 @@ def make_callback(run: RunFiles, config: TrainConfig, stop_requested):
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
             row = {"step": state.global_step, "max_steps": state.max_steps, "epoch": round(state.epoch or 0, 4),
-                   "time": time.time(), "rss": _peak_rss()}
+                   "time": time.time(), "rss": peak_rss_bytes()}
             for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
                 if key in logs:
                     row[key] = float(logs[key])
@@ -275,13 +272,13 @@ def run(folder: str) -> int:
         run_files.update_state(trainable_parameters=trainable, total_parameters=total)
         trainer.train(resume_from_checkpoint=resume_from)
         if callback.cancelled:
-            run_files.update_state(status=CANCELLED, finished=time.time(), peak_rss=_peak_rss())
+            run_files.update_state(status=CANCELLED, finished=time.time(), peak_rss=peak_rss_bytes())
             print("cancelled; the last checkpoint is kept, resume to go on", flush=True)
             return 0
         ppl_after = evaluate_perplexity(trainer, val_set)
         output = save_result(config, run_files, trainer.model, tokenizer, template)
         run_files.update_state(status=COMPLETED, finished=time.time(), output=output, perplexity_after=ppl_after,
-                               early_stopped=callback.early_stopped, peak_rss=_peak_rss())
+                               early_stopped=callback.early_stopped, peak_rss=peak_rss_bytes())
         if ppl_after is not None:
             print(f"validation perplexity after training: {ppl_after:.3f}", flush=True)
         print(f"done: {output}", flush=True)
