@@ -21,7 +21,7 @@ SMALL_BOX = Hardware(physical_cores=2, logical_cores=2, ram_total_bytes=8 * 2**3
 def store(tmp_path):
     folder = tmp_path / "hardware"
     shutil.copytree(os.path.join(ROOT, "presets", "hardware"), folder,
-                    ignore=shutil.ignore_patterns(f"{THIS_MACHINE}.yaml"))
+                    ignore=shutil.ignore_patterns(f"{THIS_MACHINE}.yaml", ".deleted"))
     return ProfileStore(str(folder), str(tmp_path / "model_settings.json"))
 
 
