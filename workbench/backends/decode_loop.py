@@ -54,3 +54,11 @@ def common_prefix(cached, prompt) -> int:
             break
         n += 1
     return n
+
+
+def best_free_slot(slots, prompt) -> int | None:
+    """The free slot (`.busy`, `.ids`, `.seq`) whose cache shares the longest prefix with `prompt`; None if all are busy."""
+    free = [s for s in slots if not s.busy]
+    if not free:
+        return None
+    return max(free, key=lambda s: common_prefix(s.ids, prompt)).seq

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from ..errors import GenerationError, brief
 from ..options import GenParams
-from .decode_loop import common_prefix
+from .decode_loop import best_free_slot, common_prefix
 
 PENALTY_LAST_N = 64  # tokens the repetition penalty looks back over (llama-cpp-python's default)
 # When the grammar refuses the drawn token, the redraw considers the allowed ones among this many likeliest
@@ -107,11 +107,7 @@ class LlamaBatchEngine:
 
     # --- slots ---------------------------------------------------------------------
     def free_slot(self, prompt: list[int]) -> int | None:
-        """The free slot whose cache shares the longest prefix with `prompt` (None when all are busy)."""
-        free = [s for s in self.slots if not s.busy]
-        if not free:
-            return None
-        return max(free, key=lambda s: common_prefix(s.ids, prompt)).seq
+        return best_free_slot(self.slots, prompt)
 
     def start(self, seq: int, prompt: list[int], params: GenParams, seed: int, draft_n: int = 0) -> tuple[int, int]:
         """Prefill `prompt` into slot `seq` (reusing its cached prefix) and sample the first token.

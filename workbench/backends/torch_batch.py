@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..options import GenParams
-from .decode_loop import common_prefix
+from .decode_loop import best_free_slot, common_prefix
 
 
 @dataclass
@@ -49,10 +49,7 @@ class TorchBatchEngine:
 
     # --- slots ---------------------------------------------------------------------
     def free_slot(self, prompt: list[int]) -> int | None:
-        free = [s for s in self.slots if not s.busy]
-        if not free:
-            return None
-        return max(free, key=lambda s: common_prefix(s.ids, prompt)).seq
+        return best_free_slot(self.slots, prompt)
 
     def start(self, seq: int, prompt: list[int], params: GenParams, seed: int, draft_n: int = 0) -> tuple[int, int]:
         """Prefill `prompt` into slot `seq` (reusing its cached prefix); sample and return the first token."""
