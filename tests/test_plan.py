@@ -80,6 +80,34 @@ def test_gpu_auto_layers_fill_the_vram_cap(sample_gguf):
     assert not forced.fits and "VRAM on cuda:0" in forced.problems[0]
 
 
+def test_the_worker_offloads_the_layers_the_plan_chose_under_a_vram_cap(sample_gguf, workbench_root, monkeypatch):
+    # On an H200 the auto plan chose 17 of 30 layers under a 0.15 GiB cap, but the worker was started
+    # with "auto" and llama.cpp offloaded all of them: the plan's number must reach the engine.
+    service = ModelService(Paths(workbench_root))
+    monkeypatch.setattr(service, "hardware", lambda: GPU_BOX)
+    try:
+        options = LoadOptions(parallel=1, n_ctx=2048, max_vram_gib=0.12)
+        loaded = service.load(sample_gguf, options=options)
+        assert 0 < loaded.plan.n_gpu_layers < 30
+        assert loaded.details["n_gpu_layers"] == loaded.plan.n_gpu_layers
+        assert loaded.options.n_gpu_layers is None  # the user's choice stays "auto"
+    finally:
+        service.close()
+
+
+def test_gpu_plans_count_the_cuda_context_by_card_size_and_the_host_libraries(sample_gguf):
+    d = detect(sample_gguf)
+    h200 = Hardware(physical_cores=16, logical_cores=16, ram_total_bytes=128 * GiB, ram_available_bytes=120 * GiB,
+                    disk_free_bytes=100 * GiB, gpus=(GPU(0, "NVIDIA H200", 141 * GiB, 140 * GiB),))
+    llama = BACKENDS.get("llama.cpp")
+    on_h200 = make_plan(d, llama, LoadOptions(parallel=1, n_ctx=2048, n_gpu_layers=-1), h200)
+    on_8gib = make_plan(d, llama, LoadOptions(parallel=1, n_ctx=2048, n_gpu_layers=-1), GPU_BOX)
+    assert 700 * MiB < on_h200.device("cuda:0").runtime < 720 * MiB  # measured 711 MiB there
+    assert 300 * MiB < on_8gib.device("cuda:0").runtime < 340 * MiB
+    cpu_only = make_plan(d, llama, LoadOptions(parallel=1, n_ctx=2048, n_gpu_layers=0), GPU_BOX)
+    assert on_8gib.device("cpu").runtime - cpu_only.device("cpu").runtime == llama.planner.cuda_host_runtime > 0
+
+
 def test_transformers_plan_splits_gpu_cpu_disk(sample_transformers):
     d = detect(sample_transformers)
     plan = make_plan(d, BACKENDS.get("transformers"), LoadOptions(parallel=1, n_ctx=2048, max_vram_gib=0.2, max_ram_gib=0.05), GPU_BOX)

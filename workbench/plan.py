@@ -12,7 +12,7 @@ Imports no engine.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
 from .detect import GGUF, Detection
@@ -30,7 +30,8 @@ GGUF_COMPUTE_BASE = 5 * MiB      # activations for one micro-batch, without flas
 GGUF_KQ_BYTES = 6.4              # per (context x micro-batch x head) without flash attention
 GGUF_FLASH_COMPUTE_BASE = 12.5 * MiB  # the same two with flash attention (no full KQ matrix)
 GGUF_FLASH_KQ_BYTES = 0.32
-CUDA_CONTEXT = 300 * MiB          # CUDA runtime per GPU
+CUDA_CONTEXT_BASE = 300 * MiB     # CUDA context per GPU: the driver's share grows with the card's memory;
+CUDA_CONTEXT_PER_GIB = 2.9 * MiB  # measured 711 MiB on a 141 GiB H200 (llama.cpp, CUDA 13), ~300 on 8-24 GiB
 TORCH_ATTN_BYTES = 1.63           # per (context x prompt chunk x head) during chunked prefill
 TORCH_ACT_FACTOR = 16             # activation bytes per (prompt-chunk token x hidden unit)
 
@@ -51,6 +52,17 @@ class PlanStrategy:
                                      # unquantized head apart from the embedding)
     gguf_dequant_per_param: float = 0.0  # "torch" layout loading a GGUF: bytes per parameter held while it is
                                          # dequantized on load (besides the weights and the file's own pages)
+    cuda_host_runtime: int = 0       # what the process adds in RAM once it uses a GPU (CUDA libraries, their
+                                     # host buffers), measured
+    probe_imports: tuple[str, ...] = ()  # modules whose import size is measured on each machine
+    probe_reference: int = 0         # what that import measured where `runtime` was calibrated
+                                     # (runtime_probe.py moves `runtime` by the difference)
+
+    def calibrated(self, import_rss: int | None) -> "PlanStrategy":
+        """This strategy with `runtime` moved by what the probe measured here against the reference."""
+        if not import_rss or not self.probe_reference:
+            return self
+        return replace(self, runtime=max(self.runtime + import_rss - self.probe_reference, 0))
 
 
 
@@ -154,11 +166,17 @@ def _geometry_check(detection: Detection) -> None:
         )
 
 
+def cuda_context_bytes(gpu_total_bytes: int) -> int:
+    """GPU memory a process's CUDA context takes on a card of this size (before any model buffer)."""
+    return int(CUDA_CONTEXT_BASE + CUDA_CONTEXT_PER_GIB * gpu_total_bytes / GiB)
+
+
 def _gpu_caps(options: LoadOptions, hw: Hardware) -> list[DevicePlan]:
     gpus = []
     for g in hw.gpus:
         cap, source = (int(options.max_vram_gib * GiB), "cap") if options.max_vram_gib else (g.free_bytes, "free")
-        gpus.append(DevicePlan(f"cuda:{g.index}", cap=min(cap, g.total_bytes), cap_source=source))
+        gpus.append(DevicePlan(f"cuda:{g.index}", cap=min(cap, g.total_bytes), cap_source=source,
+                               runtime=cuda_context_bytes(g.total_bytes)))
     return gpus
 
 
@@ -181,6 +199,7 @@ def _plan_gguf(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx: 
     cpu = DevicePlan("cpu", cap=cap, cap_source=source, runtime=strategy.runtime)
     vocab_buffers = GGUF_PER_VOCAB * (detection.vocab_size or 32000)
     gpus = _gpu_caps(options, hw)
+    context = gpus[0].runtime if gpus else 0
     plan = MemoryPlan(backend, n_ctx, 0, n_layers, devices=[cpu], parallel=slots)
 
     def place(n_gpu: int) -> None:
@@ -196,7 +215,8 @@ def _plan_gguf(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx: 
             g.weights = layer_bytes * gpu_layers + (output_bytes if n_gpu > n_layers else 0)
             g.kv_cache = int(kv_layer * gpu_layers)
             g.compute = compute if gpu_layers else 0
-            g.runtime = CUDA_CONTEXT if gpu_layers else 0
+            g.runtime = context if gpu_layers else 0
+            cpu.runtime = strategy.runtime + (strategy.cuda_host_runtime if gpu_layers else 0)
 
     if not gpus:
         if options.n_gpu_layers not in (None, 0):
@@ -245,8 +265,8 @@ def _plan_torch(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx:
     cap, source = _ram_cap(options, hw)
     cpu = DevicePlan("cpu", cap=cap, cap_source=source, runtime=runtime)
     gpus = _gpu_caps(options, hw)[:1] if options.device != "cpu" else []
-    for g in gpus:
-        g.runtime = CUDA_CONTEXT
+    if gpus:
+        cpu.runtime += strategy.cuda_host_runtime
     devices = gpus + [cpu]
     first = devices[0]  # runs the embedding, the head, and every offloaded layer
     first.weights, first.compute = embed_bytes, compute

@@ -21,6 +21,7 @@ from ..model_values import Completion, GenerationStats, LoadedModel, ModelEntry,
 from ..options import GenerationRequest, LoadOptions
 from ..paths import Paths, resolve_entry, resolve_inside
 from ..plan import MemoryPlan, check_plan, make_plan
+from ..runtime_probe import import_rss_bytes
 from ..worker import ModelWorker
 
 if TYPE_CHECKING:
@@ -93,7 +94,13 @@ class ModelService:
         """The memory plan for loading `path`: per device weights, KV cache, buffers, and whether it fits."""
         options = (options or LoadOptions()).validate()
         detection = self.registry.detect(path, trust_pickle=options.trust_pickle)
-        return make_plan(detection, self.registry.choose(detection, loader), options, self.hardware())
+        return make_plan(detection, self._measured(self.registry.choose(detection, loader)), options, self.hardware())
+
+    @staticmethod
+    def _measured(spec: BackendSpec) -> BackendSpec:
+        """`spec` with its planner's process size measured on this machine (runtime_probe.py)."""
+        strategy = spec.planner.calibrated(import_rss_bytes(spec.planner.probe_imports))
+        return spec if strategy is spec.planner else replace(spec, planner=strategy)
 
     # --- lifecycle -----------------------------------------------------------------
     def load(self, path: str, loader: str | None = None, options: LoadOptions | None = None) -> LoadedModel:
@@ -106,6 +113,7 @@ class ModelService:
         detection = self.registry.detect(path, trust_pickle=asked.trust_pickle)
         spec = self.registry.choose(detection, loader)
         check_installed(spec)
+        spec = self._measured(spec)
         with self._lock:
             plan = make_plan(detection, spec, asked, self.hardware())
             short_of_free = any(not d.fits and d.cap_source == "free" for d in plan.devices)
@@ -117,8 +125,11 @@ class ModelService:
             self._stop_worker()
             budget = ({d.device.replace("cuda:", ""): d.weights for d in plan.devices if d.device != "disk"}
                       if asked.max_ram_gib or asked.max_vram_gib else None)
+            # Auto layers: the worker offloads what the plan placed (the engine's own default is all of
+            # them, which a cap or a small GPU cannot hold).
+            gpu_layers = plan.n_gpu_layers if asked.n_gpu_layers is None else asked.n_gpu_layers
             run_with = replace(asked, n_ctx=plan.n_ctx, parallel=plan.parallel, weight_budget=budget,
-                               offload_folder=asked.offload_folder or self.paths.offload)
+                               n_gpu_layers=gpu_layers, offload_folder=asked.offload_folder or self.paths.offload)
             worker = ModelWorker(log_path=os.path.join(self.paths.user_data, "logs", f"worker-{self.slot}.log"))
             try:
                 info = worker.load(spec, detection, run_with)
