@@ -26,13 +26,9 @@ stage2)
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .devkit/b/whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site
   python3 -c "import transformers; print('transformers', transformers.__version__)"
-  python3 - <<EOF
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-m = AutoModelForCausalLM.from_pretrained("$W", gguf_file="model.gguf", dtype=torch.bfloat16)
-t = AutoTokenizer.from_pretrained("$W", gguf_file="model.gguf")
-m.save_pretrained("$W/hf"); t.save_pretrained("$W/hf"); print("transformers form written")
-EOF
+  # The workbench's converter, without its next-token check: that check runs llama.cpp's CUDA build and
+  # torch's CUDA in one process, which crashed there (SIGSEGV); the GPU cases below compare the answers.
+  python3 -c "import workbench.convert as c; c.check_copy = lambda *a, **k: None; c.gguf_to_transformers('$W/model.gguf', '$W/hf')" 2>&1 | grep -v "it/s]"
   python3 bench/gpu_check.py $W/model.gguf $W/hf $OUT/gpu_check.json --skip-llama 2>&1 | tee $OUT/run.log
   cp $OUT/gpu_check.json $W/transformers.json
   for i in $(seq 1 90); do [ -f $W/build.rc ] && break; sleep 5; done
@@ -41,3 +37,9 @@ EOF
   export PYTHONPATH=$PYTHONPATH:$(ls -d $W/llama_cpp_python-*); ls $(ls -d $W/llama_cpp_python-*)/llama_cpp/lib
   python3 bench/gpu_check.py $W/model.gguf $W/hf $OUT/gpu_check_llama.json --skip-transformers 2>&1 | tee -a $OUT/run.log;;
 esac
+# Diagnostic, after the cases: the converter's own check (llama.cpp CUDA and torch CUDA in one process).
+if [ "${1:-}" = stage2 ]; then
+  timeout 120 python3 -X faulthandler -m workbench convert $W/model.gguf --to transformers $W/hf2 > $OUT/convert_check.log 2>&1
+  echo "convert with its check: rc $?"; grep -v "it/s]" $OUT/convert_check.log | tail -25
+  cat user_data/logs/job-convert_to_transformers.log 2>/dev/null | grep -v "it/s]" | tail -40 > $OUT/convert_job.log
+fi

@@ -21,14 +21,18 @@ want=$(cat requirements.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
 have=$(cat .venv/.requirements.sha256 2>/dev/null || true)
 if [ "$want" != "$have" ]; then
   say "installing pinned packages (llama-cpp-python compiles from source the first time: several minutes on 2 cores)"
-  .venv/bin/python -m pip install --progress-bar off -r requirements.txt 2>&1 \
+  # llama.cpp is built with its RPC backend (a model split across hosts, see README) and, where an
+  # NVIDIA GPU is, with CUDA.
+  lcp_args="-DGGML_RPC=on"
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then lcp_args="$lcp_args -DGGML_CUDA=on"; fi
+  CMAKE_ARGS="${CMAKE_ARGS:-} $lcp_args" .venv/bin/python -m pip install --progress-bar off -r requirements.txt 2>&1 \
     | grep -E "^(Collecting|Building|Successfully|ERROR|error)" || true
   .venv/bin/python -c "import llama_cpp, torch, transformers, gptqmodel, gradio" >/dev/null 2>&1 \
     || { echo "[setup] package install failed; see the pip output above" >&2; exit 1; }
-  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 \
-      && ! .venv/bin/python -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_gpu_offload() else 1)" 2>/dev/null; then
-    say "NVIDIA GPU found: rebuilding llama-cpp-python with CUDA (several minutes)"
-    CMAKE_ARGS="${CMAKE_ARGS:-} -DGGML_CUDA=on" FORCE_CMAKE=1 .venv/bin/python -m pip install --progress-bar off \
+  if ! .venv/bin/python -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_rpc() else 1)" 2>/dev/null \
+      || { [[ $lcp_args == *CUDA* ]] && ! ls .venv/lib/python*/site-packages/llama_cpp/lib/libggml-cuda.so* >/dev/null 2>&1; }; then
+    say "rebuilding llama-cpp-python with $lcp_args (several minutes)"
+    CMAKE_ARGS="${CMAKE_ARGS:-} $lcp_args" FORCE_CMAKE=1 .venv/bin/python -m pip install --progress-bar off \
       --no-cache-dir --force-reinstall --no-deps "$(grep '^llama-cpp-python==' requirements.txt)" 2>&1 \
       | grep -E "^(Building|Successfully|ERROR|error)" || true
   fi

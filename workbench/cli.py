@@ -222,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .downloads.cli import add_download_command
 
     add_download_command(sub)
+
+    from .cli_rpc import add_rpc_command
+
+    add_rpc_command(sub)
     return p
 
 

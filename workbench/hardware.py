@@ -21,6 +21,15 @@ class GPU:
 
 
 @dataclass(frozen=True)
+class RpcDevice:
+    """A llama.cpp RPC server another host runs: its address and the memory it reports."""
+
+    endpoint: str                      # host:port
+    free_bytes: int
+    total_bytes: int
+
+
+@dataclass(frozen=True)
 class Hardware:
     physical_cores: int
     logical_cores: int
@@ -28,6 +37,7 @@ class Hardware:
     ram_available_bytes: int
     disk_free_bytes: int               # where offloaded weights would go
     gpus: tuple[GPU, ...] = field(default_factory=tuple)
+    rpc: tuple[RpcDevice, ...] = field(default_factory=tuple)  # servers a load names (asked at plan time)
 
     @property
     def vram_total_bytes(self) -> int:
@@ -36,6 +46,7 @@ class Hardware:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["gpus"] = [asdict(g) for g in self.gpus]
+        d["rpc"] = [asdict(r) for r in self.rpc]
         return d
 
 

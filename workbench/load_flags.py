@@ -29,7 +29,7 @@ _SPECIAL = {
     "max_ram_gib": ("--max-ram", {"type": float, "metavar": "GIB"}),
     "trust_pickle": ("--trust-pickle", {"action": "store_true", "default": None}),
 }
-_NOT_FLAGS = {"adapter", "weight_budget"}  # set by the workbench, not typed by a user
+_NOT_FLAGS = {"adapter", "weight_budget", "tensor_split"}  # set by the workbench, not typed by a user
 _TYPES = {"int": int, "int | None": int, "float | None": float, "str": str, "str | None": str}
 
 

@@ -58,7 +58,10 @@ class LoadOptions:
     draft_tokens: int = _opt(0, "speculative decoding: tokens drafted per step by prompt lookup; 0 = off")
     trust_pickle: bool = _opt(False, "allow pickle weights (still loaded with weights_only)")
     adapter: str | None = _opt(None, "LoRA adapter folder applied on the model (a run's adapter/)")
+    rpc_servers: str = _opt("", "llama.cpp RPC servers (host:port,...) that hold part of the layers; "
+                                "start each with `python -m workbench rpc-server`")
     weight_budget: dict | None = _opt(None, "set by the planner: weight bytes per device for placement")
+    tensor_split: tuple | None = _opt(None, "set by the planner: layers per offload device (GPUs, then RPC servers)")
 
     def validate(self) -> "LoadOptions":
         if self.n_ctx != 0 and self.n_ctx < 16:
@@ -77,6 +80,10 @@ class LoadOptions:
             raise WorkbenchError(f"dtype {self.dtype!r} is unknown; choose one of {', '.join(DTYPES)}.")
         if self.device not in DEVICES:
             raise WorkbenchError(f"device {self.device!r} is unknown; choose one of {', '.join(DEVICES)}.")
+        if self.rpc_servers:
+            from .rpc import parse_endpoints
+
+            parse_endpoints(self.rpc_servers)  # a malformed list says which entry and how it should look
         for name in ("max_vram_gib", "max_ram_gib"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and 0 < value <= MAX_CAP_GIB):

@@ -107,6 +107,7 @@ class MemoryPlan:
     max_n_ctx: int | None = None  # the largest context that fits, when the chosen one does not
     notes: list[str] = field(default_factory=list)
     parallel: int = 1             # sequences generated at once, each with a KV cache of n_ctx tokens
+    tensor_split: tuple[int, ...] | None = None  # gguf layout: layers per offload device (first GPU, RPC servers)
 
     @property
     def fits(self) -> bool:
@@ -186,6 +187,19 @@ def _ram_cap(options: LoadOptions, hw: Hardware) -> tuple[int, str]:
     return hw.ram_available_bytes, "free"
 
 
+def _split_layers(n: int, weights: list[int]) -> list[int]:
+    """`n` layers over devices in proportion to `weights` (their free memory), as llama.cpp's default
+    tensor split does; the remainder goes to the devices with the largest fractions."""
+    total = sum(weights)
+    if not weights or total <= 0:
+        return [n] + [0] * (len(weights) - 1) if weights else []
+    exact = [n * w / total for w in weights]
+    shares = [int(x) for x in exact]
+    for i in sorted(range(len(weights)), key=lambda i: exact[i] - shares[i], reverse=True)[: n - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
 def _plan_gguf(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx: int, backend: str,
                strategy: PlanStrategy, slots: int) -> MemoryPlan:
     n_layers = detection.n_layers
@@ -198,8 +212,10 @@ def _plan_gguf(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx: 
     cap, source = _ram_cap(options, hw)
     cpu = DevicePlan("cpu", cap=cap, cap_source=source, runtime=strategy.runtime)
     vocab_buffers = GGUF_PER_VOCAB * (detection.vocab_size or 32000)
-    gpus = _gpu_caps(options, hw)
-    context = gpus[0].runtime if gpus else 0
+    gpus = _gpu_caps(options, hw)[:1]  # the first local GPU, then each RPC server, take offloaded layers
+    contexts = [g.runtime for g in gpus]
+    rpc = [DevicePlan(f"rpc:{r.endpoint}", cap=r.free_bytes, cap_source="free") for r in hw.rpc]
+    offload = gpus + rpc
     plan = MemoryPlan(backend, n_ctx, 0, n_layers, devices=[cpu], parallel=slots)
 
     def place(n_gpu: int) -> None:
@@ -208,35 +224,42 @@ def _plan_gguf(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx: 
         cpu.weights = embed_bytes + layer_bytes * (n_layers - gpu_layers) + (output_bytes if n_gpu <= n_layers else 0)
         cpu.kv_cache = int(kv_layer * (n_layers - gpu_layers))
         cpu.layers = n_layers - gpu_layers
-        cpu.compute = vocab_buffers + (compute if gpu_layers < n_layers or not gpus else compute // 4)
-        if gpus:
-            g = gpus[0]
-            g.layers = gpu_layers
-            g.weights = layer_bytes * gpu_layers + (output_bytes if n_gpu > n_layers else 0)
-            g.kv_cache = int(kv_layer * gpu_layers)
-            g.compute = compute if gpu_layers else 0
-            g.runtime = context if gpu_layers else 0
-            cpu.runtime = strategy.runtime + (strategy.cuda_host_runtime if gpu_layers else 0)
+        cpu.compute = vocab_buffers + (compute if gpu_layers < n_layers or not offload else compute // 4)
+        shares = _split_layers(gpu_layers, [d.cap or 0 for d in offload])
+        last = max((i for i, n in enumerate(shares) if n), default=None)  # the output head goes with the last layer
+        for i, (dev, layers) in enumerate(zip(offload, shares)):
+            dev.layers = layers
+            dev.weights = layer_bytes * layers + (output_bytes if n_gpu > n_layers and i == last else 0)
+            dev.kv_cache = int(kv_layer * layers)
+            dev.compute = compute if layers else 0
+        for g, context in zip(gpus, contexts):
+            g.runtime = context if g.layers else 0
+        cpu.runtime = strategy.runtime + (strategy.cuda_host_runtime if any(g.layers for g in gpus) else 0)
 
-    if not gpus:
+    if not offload:
         if options.n_gpu_layers not in (None, 0):
             plan.notes.append("No GPU was found, so all layers run on the CPU.")
         place(0)
     else:
-        plan.devices.insert(0, gpus[0])
-        if options.n_gpu_layers is None:  # auto: the most layers that fit the GPU (more layers never use less)
+        plan.devices[:0] = offload
+        if options.n_gpu_layers is None:  # auto: the most layers that fit (more layers never use less)
             best, lo, hi = 0, 0, n_layers + 1
             while lo <= hi:  # a binary search: a model's claimed layer count does not set the time taken
                 mid = (lo + hi) // 2
                 place(mid)
-                if gpus[0].fits:
+                if all(d.fits for d in offload):
                     best, lo = mid, mid + 1
                 else:
                     hi = mid - 1
             place(best)
-            plan.notes.append(f"Auto: {min(best, n_layers)} of {n_layers} layers fit on {gpus[0].device}.")
+            where = " and ".join(d.device for d in offload)
+            plan.notes.append(f"Auto: {min(best, n_layers)} of {n_layers} layers fit on {where}.")
         else:
             place(n_layers + 1 if options.n_gpu_layers < 0 else options.n_gpu_layers)
+        if rpc:
+            plan.notes.append("Layers on RPC servers: " + ", ".join(f"{d.device[4:]} {d.layers}" for d in rpc)
+                              + " (each server's free memory sets its share).")
+        plan.tensor_split = tuple([d.layers for d in offload])
     return plan
 
 
@@ -345,8 +368,8 @@ def make_plan(detection: Detection, backend: PlannedBackend, options: LoadOption
 
     With `options.n_ctx == 0` (auto) it plans the largest context that fits, up to the model's own.
     """
-    _geometry_check(detection)
     strategy = backend.planner
+    _geometry_check(detection)
     model_max = detection.context_length or 4096
     layout = _plan_gguf if strategy.layout == "gguf" and detection.format == GGUF else _plan_torch
     batching = backend.uses("parallel")
@@ -393,8 +416,9 @@ def refusal(plan: MemoryPlan) -> str:
     fixes = []
     if plan.max_n_ctx:
         fixes.append(f"lower context to {plan.max_n_ctx}")
-    if plan.n_gpu_layers is not None and any(d.device.startswith("cuda") and not d.fits for d in plan.devices):
-        fixes.append("use fewer GPU layers")
+    if plan.n_gpu_layers is not None and any(d.device.startswith(("cuda", "rpc")) and not d.fits for d in plan.devices):
+        fixes.append("use fewer GPU layers" if any(d.device.startswith("cuda") for d in plan.devices)
+                     else "put fewer layers on the RPC servers (GPU layers) or add a server")
     if plan.parallel > 1:
         fixes.append(f"lower parallel requests below {plan.parallel}")
     fixes.append("raise the cap" if any(d.cap_source == "cap" and not d.fits for d in plan.devices)
@@ -423,8 +447,9 @@ def plan_table(plan: MemoryPlan) -> str:
             ("compute", [mib(d.compute) for d in plan.devices]), ("model", [mib(d.model_bytes) for d in plan.devices]),
             ("cap", [mib(d.cap) + ("" if d.cap_source == "cap" or not d.cap else " free") for d in plan.devices]),
             ("runtime", [mib(d.runtime) for d in plan.devices]), ("total", [mib(d.total) for d in plan.devices])]
+    widths = [max(15, len(d.device) + 2) for d in plan.devices]  # an RPC server's host:port is long
     for label, cells in rows:
-        lines.append(f"{label:9}" + "".join(f"{c:>15}" for c in cells))
+        lines.append(f"{label:9}" + "".join(f"{c:>{w}}" for c, w in zip(cells, widths)))
     lines += plan.notes
     lines.append("fits" if plan.fits else "DOES NOT FIT: " + "; ".join(plan.problems))
     return "\n".join(lines)

@@ -22,7 +22,7 @@ ProfileError = PresetError
 PROFILE_KEYS = {"description", "builtin", "assumes", "load"}
 ASSUMES_KEYS = {"ram_gib", "vram_gib"}
 # Load options a profile may set (paths, adapters and trust flags are not machine settings).
-PROFILE_LOAD_KEYS = {f.name for f in fields(LoadOptions)} - {"offload_folder", "trust_pickle", "weight_budget",
+PROFILE_LOAD_KEYS = {f.name for f in fields(LoadOptions)} - {"offload_folder", "trust_pickle", "weight_budget", "tensor_split",
                                                              "adapter"}
 THIS_MACHINE = "this-machine"
 _NUMBER_OR_NONE = (int, float, type(None))
@@ -30,7 +30,7 @@ _LOAD_TYPES = {
     "n_ctx": (int,), "n_gpu_layers": (int, type(None)), "n_batch": (int,), "n_threads": (int, type(None)),
     "use_mmap": (bool,), "use_mlock": (bool,), "flash_attn": (bool,), "cache_type": (str,), "dtype": (str,),
     "device": (str,), "max_vram_gib": _NUMBER_OR_NONE, "max_ram_gib": _NUMBER_OR_NONE,
-    "parallel": (int,), "draft_tokens": (int,),
+    "parallel": (int,), "draft_tokens": (int,), "rpc_servers": (str,),
 }
 
 

@@ -23,10 +23,28 @@ _KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}
 
 
 def gpu_offload_supported() -> bool:
-    """True when this llama.cpp build can put layers on a GPU."""
-    import llama_cpp
+    """True when this llama.cpp build can put layers on a local GPU (an RPC-enabled build alone makes
+    llama_supports_gpu_offload() true, so the devices are counted instead)."""
+    from .ggml_devices import local_gpu_count
 
-    return bool(llama_cpp.llama_supports_gpu_offload())
+    return local_gpu_count() > 0
+
+
+def _rpc_tensor_split(options: LoadOptions, n_local_gpus: int) -> list[float] | None:
+    """Registers the load's RPC servers in this (worker) process and returns llama.cpp's tensor split
+    for the plan: layers per device, local GPUs first (the plan uses the first), then each server."""
+    from ..rpc import check_reachable, parse_endpoints
+    from .ggml_devices import add_rpc_servers
+
+    endpoints = parse_endpoints(options.rpc_servers)
+    for endpoint in endpoints:
+        check_reachable(endpoint)  # ggml aborts the process on a server that is down
+    add_rpc_servers(endpoints)
+    planned = list(options.tensor_split or ())
+    if not any(planned):
+        return None
+    local, remote = planned[: len(planned) - len(endpoints)], planned[len(planned) - len(endpoints):]
+    return [float(n) for n in (local + [0] * n_local_gpus)[:n_local_gpus] + remote]
 
 
 class _UnusedChatFormatter:
@@ -92,10 +110,14 @@ class LlamaCppBackend(Backend):
             raise LoadError("LoRA adapters from the Training tab load on Transformers models; load the model's "
                             "Transformers form with the adapter, or export the merged model to GGUF.")
         n_threads = options.n_threads or physical_cores()
-        gpu = gpu_offload_supported()
+        from .ggml_devices import local_gpu_count
+
+        n_local_gpus = local_gpu_count()
+        gpu = n_local_gpus > 0
+        split = _rpc_tensor_split(options, n_local_gpus) if options.rpc_servers else None
         n_gpu_layers = options.n_gpu_layers
         if n_gpu_layers is None:
-            n_gpu_layers = -1 if gpu else 0
+            n_gpu_layers = -1 if gpu or options.rpc_servers else 0
         kv_type = _KV_TYPES[options.cache_type]
         if options.cache_type != "f16" and not options.flash_attn:
             raise WorkbenchError("A quantized KV cache needs flash attention in llama.cpp; turn flash attention on or use f16.")
@@ -106,6 +128,7 @@ class LlamaCppBackend(Backend):
                 slots,
                 model_path=detection.path,
                 n_gpu_layers=n_gpu_layers,
+                tensor_split=split,
                 n_ctx=options.n_ctx * slots,
                 n_batch=options.n_batch,
                 n_ubatch=min(options.n_batch, 512),
@@ -136,11 +159,13 @@ class LlamaCppBackend(Backend):
             path=detection.path,
             format=detection.format,
             n_ctx=n_ctx,
-            device="cuda" if gpu and n_gpu_layers != 0 else "cpu",
+            device=(("cuda+rpc" if gpu else "cpu+rpc") if options.rpc_servers and n_gpu_layers != 0
+                    else "cuda" if gpu and n_gpu_layers != 0 else "cpu"),
             dtype=detection.quantization or "gguf",
             n_threads=n_threads,
             chat_template=bool(self.template),
-            details={"n_gpu_layers": n_gpu_layers, "gpu_offload_supported": gpu, "cache_type": options.cache_type},
+            details={"n_gpu_layers": n_gpu_layers, "gpu_offload_supported": gpu, "cache_type": options.cache_type,
+                     "rpc_servers": options.rpc_servers, "tensor_split": split},
         )
 
     def _piece(self, token: int) -> str:

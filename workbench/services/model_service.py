@@ -21,6 +21,7 @@ from ..model_values import Completion, GenerationStats, LoadedModel, ModelEntry,
 from ..options import GenerationRequest, LoadOptions
 from ..paths import Paths, resolve_entry, resolve_inside
 from ..plan import MemoryPlan, check_plan, make_plan
+from ..rpc import parse_endpoints, query_devices
 from ..runtime_probe import import_rss_bytes
 from ..worker import ModelWorker
 
@@ -94,7 +95,15 @@ class ModelService:
         """The memory plan for loading `path`: per device weights, KV cache, buffers, and whether it fits."""
         options = (options or LoadOptions()).validate()
         detection = self.registry.detect(path, trust_pickle=options.trust_pickle)
-        return make_plan(detection, self._measured(self.registry.choose(detection, loader)), options, self.hardware())
+        return make_plan(detection, self._measured(self.registry.choose(detection, loader)), options,
+                         self._hardware_for(options))
+
+    def _hardware_for(self, options: LoadOptions) -> Hardware:
+        """This machine, plus the RPC servers the load names (their free memory, asked now)."""
+        hw = self.hardware()
+        if not options.rpc_servers:
+            return hw
+        return replace(hw, rpc=query_devices(parse_endpoints(options.rpc_servers)))
 
     @staticmethod
     def _measured(spec: BackendSpec) -> BackendSpec:
@@ -115,12 +124,12 @@ class ModelService:
         check_installed(spec)
         spec = self._measured(spec)
         with self._lock:
-            plan = make_plan(detection, spec, asked, self.hardware())
+            plan = make_plan(detection, spec, asked, self._hardware_for(asked))
             short_of_free = any(not d.fits and d.cap_source == "free" for d in plan.devices)
             if short_of_free and self._worker is not None:
                 # The loaded model's memory may be what is missing: plan again without it.
                 self._stop_worker()
-                plan = make_plan(detection, spec, asked, self.hardware())
+                plan = make_plan(detection, spec, asked, self._hardware_for(asked))
             check_plan(plan)  # refused over a cap: the model loaded before stays loaded
             self._stop_worker()
             budget = ({d.device.replace("cuda:", ""): d.weights for d in plan.devices if d.device != "disk"}
@@ -129,7 +138,8 @@ class ModelService:
             # them, which a cap or a small GPU cannot hold).
             gpu_layers = plan.n_gpu_layers if asked.n_gpu_layers is None else asked.n_gpu_layers
             run_with = replace(asked, n_ctx=plan.n_ctx, parallel=plan.parallel, weight_budget=budget,
-                               n_gpu_layers=gpu_layers, offload_folder=asked.offload_folder or self.paths.offload)
+                               n_gpu_layers=gpu_layers, tensor_split=plan.tensor_split,
+                               offload_folder=asked.offload_folder or self.paths.offload)
             worker = ModelWorker(log_path=os.path.join(self.paths.user_data, "logs", f"worker-{self.slot}.log"))
             try:
                 info = worker.load(spec, detection, run_with)

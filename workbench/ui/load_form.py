@@ -39,12 +39,14 @@ _WIDGETS = {
         v, precision=0, minimum=0, label=label, info="at once, each with its own context; 0 = as many as fit (up to 4)")),
     "draft_tokens": ("Draft tokens", lambda v, label, info: gr.Number(
         v, precision=0, minimum=0, label=label, info="speculative decoding by prompt lookup; 0 = off")),
+    "rpc_servers": ("RPC servers", lambda v, label, info: gr.Textbox(
+        v, label=label, placeholder="127.0.0.1:50052,127.0.0.1:50053", info=info)),
 }
 ROWS = (("n_ctx", "n_batch", "n_threads", "parallel", "draft_tokens"), ("n_gpu_layers", "cache_type", "flash_attn", "use_mmap", "use_mlock"),
-        ("dtype", "device", "max_ram_gib", "max_vram_gib"))
+        ("dtype", "device", "max_ram_gib", "max_vram_gib"), ("rpc_servers",))
 # The order the load_model / plan / save_profile API endpoints take the values in (kept stable for clients).
 FORM_FIELDS = ["n_ctx", "n_gpu_layers", "n_batch", "n_threads", "cache_type", "flash_attn", "use_mmap", "use_mlock",
-               "dtype", "device", "max_ram_gib", "max_vram_gib", "parallel", "draft_tokens"]
+               "dtype", "device", "max_ram_gib", "max_vram_gib", "parallel", "draft_tokens", "rpc_servers"]
 _HELP = {f.name: f.metadata["help"] for f in fields(LoadOptions)}
 
 
@@ -71,6 +73,8 @@ def _parsed(name: str, value):
         return int(value or 0)
     if name in ("flash_attn", "use_mmap", "use_mlock"):
         return bool(value)
+    if name == "rpc_servers":
+        return (value or "").strip()
     return value
 
 
