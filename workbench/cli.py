@@ -219,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_training_commands(sub)
 
+    from .cli_remote import add_remote_command
+
+    add_remote_command(sub)
+
     from .downloads.cli import add_download_command
 
     add_download_command(sub)

@@ -45,6 +45,22 @@ class ContextLengthExceeded(GenerationError):
     """A prompt does not fit the loaded model's context."""
 
 
+class RemoteError(WorkbenchError):
+    """A remote OpenAI-compatible server (the remote backend) failed or refused a request."""
+
+
+class RemoteUnreachable(RemoteError):
+    """The remote server cannot be reached (connection refused, unknown host, timeout)."""
+
+
+class RemoteAuthFailed(RemoteError):
+    """The remote server refused the API key (401/403)."""
+
+
+class RemoteModelNotFound(RemoteError):
+    """The remote server does not serve the model the entry names (404)."""
+
+
 class ConversionError(WorkbenchError):
     """Converting a model from one format to another failed."""
 

@@ -41,7 +41,8 @@ class PlanStrategy:
     """How the planner sizes one backend's loads; each BackendSpec carries one."""
 
     layout: str                     # "gguf": per-block sizes from the GGUF header, n_gpu_layers split;
-                                    # "torch": parameters x dtype, accelerate placement under the caps
+                                    # "torch": parameters x dtype, accelerate placement under the caps;
+                                    # "remote": no local weights (the model runs on another server)
     runtime: int                    # the worker process itself (python and the engine's libraries)
     weights_as_stored: bool = False  # quantized: weights take their on-disk size, not parameters x dtype
     dequant_per_param: float = 0.0   # bytes per quantized parameter the CPU kernel keeps dequantized
@@ -369,6 +370,8 @@ def make_plan(detection: Detection, backend: PlannedBackend, options: LoadOption
     With `options.n_ctx == 0` (auto) it plans the largest context that fits, up to the model's own.
     """
     strategy = backend.planner
+    if strategy.layout == "remote":
+        return _plan_remote(detection, backend, options, hw)
     _geometry_check(detection)
     model_max = detection.context_length or 4096
     layout = _plan_gguf if strategy.layout == "gguf" and detection.format == GGUF else _plan_torch
@@ -407,6 +410,24 @@ def make_plan(detection: Detection, backend: PlannedBackend, options: LoadOption
     elif detection.context_length and n_ctx > detection.context_length:
         plan.notes.append(f"The model was trained on a context of {detection.context_length} tokens; "
                           "past that its replies degrade.")
+    return plan
+
+
+REMOTE_CONTEXT = 8192   # a remote entry's context when neither the user nor its file says
+REMOTE_PARALLEL = 16    # requests a remote entry sends at once when the user leaves parallel at 0
+
+
+def _plan_remote(detection: Detection, backend: PlannedBackend, options: LoadOptions, hw: Hardware) -> MemoryPlan:
+    """A model served by another machine: no local weights, only the worker process (the HTTP client)."""
+    cap, source = _ram_cap(options, hw)
+    known = detection.context_length  # the server's context, when the entry says it
+    n_ctx = (min(options.n_ctx, known) if options.n_ctx else known) if known else (options.n_ctx or REMOTE_CONTEXT)
+    slots = (options.parallel or REMOTE_PARALLEL) if backend.uses("parallel") else 1
+    plan = MemoryPlan(backend.name, n_ctx, None, 0, parallel=slots,
+                      devices=[DevicePlan("cpu", cap=cap, cap_source=source, runtime=backend.planner.runtime)])
+    plan.notes.append("Remote: no local weights; the model runs on the server this entry names, "
+                      f"up to {slots} requests at once.")
+    _check(plan)
     return plan
 
 

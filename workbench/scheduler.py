@@ -9,7 +9,9 @@ statistics; a cancel or a hang-up ends only that request. Two ways to run them:
   every active sequence by a token, so four streams cost little more than one;
 - **interleaved**: otherwise each active request is the backend's own `generate()`
   generator, advanced one event at a time in turn (a backend whose generations share
-  state, like Transformers' prompt cache, allows one at a time: the others wait).
+  state, like Transformers' prompt cache, allows one at a time: the others wait). A
+  generator may yield None for "nothing new yet" (the remote backend, whose tokens come
+  from another server), so one slow stream never holds up the others.
 
 Text goes out coalesced per request (at most one message per STREAM_COALESCE_S, the first
 token at once). Between steps the worker answers other messages (tokenize, memory,
@@ -180,6 +182,8 @@ class Scheduler:
                 event = DoneEvent("stop", seq.prompt_tokens, seq.made, 0)
             except Exception as e:  # noqa: BLE001 - this request fails, the others go on
                 self._fail(seq, e)
+                continue
+            if event is None:  # nothing new yet (a remote server's stream): the other requests go on
                 continue
             if isinstance(event, TokenEvent):
                 seq.pending_logprobs.extend(event.logprobs or ())

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import ContextLengthExceeded, NoModelLoaded, WorkbenchError, WorkerDied
+from ..errors import ContextLengthExceeded, NoModelLoaded, RemoteError, WorkbenchError, WorkerDied
 from ..http_guard import FailureThrottle, GuardRules, HostPolicy, RequestGuard, client_of
 from ..model_values import GenerationStats
 from ..paths import public_text
@@ -43,6 +43,8 @@ def error_response(status: int, message: str, kind: str, code: str | None = None
 def _status_for(e: WorkbenchError) -> tuple[int, str]:
     if isinstance(e, (NoModelLoaded, WorkerDied)):
         return 503, "server_error"
+    if isinstance(e, RemoteError):  # the remote server behind a remote entry failed, not this request
+        return 502, "server_error"
     return 400, "invalid_request_error"
 
 

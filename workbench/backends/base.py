@@ -77,7 +77,9 @@ class Backend(ABC):
     def generate(
         self, request: GenerationRequest, cancelled: Callable[[], bool]
     ) -> Iterator[TokenEvent | DoneEvent]:
-        """Yield a TokenEvent per token, then exactly one DoneEvent; check `cancelled()` every token."""
+        """Yield a TokenEvent per token, then exactly one DoneEvent; check `cancelled()` every token.
+
+        An interleaving backend may also yield None: nothing new yet, the scheduler moves on to the others."""
         raise NotImplementedError(f"{self.name} generates through its batch engine.")
 
     @abstractmethod

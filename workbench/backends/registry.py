@@ -183,6 +183,13 @@ BUILTIN = (
         Capabilities(can_train=True, supports_memory_caps=True),
         COMMON_OPTIONS | _TORCH_OPTIONS, GPTQ_PLAN,
     ),
+    BackendSpec(
+        # Any OpenAI-compatible server, described by a models/NAME.remote.json entry (remote_backend.py).
+        "remote", "Remote server (OpenAI API)", "workbench.backends.remote_backend:RemoteBackend", ("remote",),
+        ("httpx",), "Remote servers need httpx: run ./start.sh",
+        Capabilities(can_score=False), frozenset({"n_ctx", "parallel"}),
+        PlanStrategy("remote", runtime=45 * MiB), sniff="workbench.backends.remote_backend:sniff",
+    ),
 )
 
 PLUGINS_ENV = "WORKBENCH_BACKENDS"  # extra backends: comma-separated "module:SPEC" paths (tests, plugins)
