@@ -70,3 +70,21 @@ def test_errors_come_in_openais_shape(api, client):
 def test_models_and_health(api, client):
     assert [m.id for m in client.models.list().data] == ["fake.json"]
     assert httpx.get(api[0] + "/health").json() == {"status": "ok", "model_loaded": True}
+
+
+def test_an_error_mid_stream_names_no_server_path(tmp_path):
+    root = scratch(tmp_path)
+    models = ModelService(Paths(str(root)), registry=fake_registry())
+    where = f"{root}/user_data/cache/blob.bin"
+    models.load(write_fake_model(root / "models", reply="one two three four",
+                                 rules=[{"when": "boom", "error": f"Could not read {where}.", "after": 2}]),
+                options=LoadOptions(n_ctx=256))
+    try:
+        with serving_api(models) as base:
+            with httpx.stream("POST", base + "/v1/chat/completions", timeout=30,
+                              json={"model": "local", "stream": True,
+                                    "messages": [{"role": "user", "content": "boom"}]}) as r:
+                body = "".join(r.iter_text())
+    finally:
+        models.close()
+    assert "Could not read user_data/cache/blob.bin." in body and str(root) not in body

@@ -219,7 +219,7 @@ def build_api(models: ModelService, api_key: str | None = None, cors_origins: li
             except StopAsyncIteration:
                 first = None
             return ClosingStreamingResponse(
-                _sse(first, events, rid, created, name, chat, parsed, offered),
+                _sse(first, events, rid, created, name, chat, parsed, offered, shown),
                 media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         choices = [Choice() for _ in range(parsed.n)]
 
@@ -318,7 +318,7 @@ class ClosingStreamingResponse(StreamingResponse):
 
 
 async def _sse(first: ChoiceEvent | None, events: AsyncIterator[ChoiceEvent], rid: str, created: int, model: str,
-               chat: bool, parsed, offered: list[dict] = ()) -> AsyncIterator[str]:
+               chat: bool, parsed, offered: list[dict] = (), shown=str) -> AsyncIterator[str]:
     """Server-Sent Events in OpenAI's chunk format, ending with `data: [DONE]`; closing it ends the generations.
 
     With tools offered, text that may be a tool call is held back; at the end of a choice its calls
@@ -372,7 +372,7 @@ async def _sse(first: ChoiceEvent | None, events: AsyncIterator[ChoiceEvent], ri
             yield "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": model,
                                          "choices": [], "usage": _usage(ended)}) + "\n\n"
     except WorkbenchError as e:
-        yield "data: " + json.dumps({"error": {"message": str(e), "type": "server_error", "param": None,
+        yield "data: " + json.dumps({"error": {"message": shown(e), "type": "server_error", "param": None,
                                                "code": None}}) + "\n\n"
     finally:
         await events.aclose()
