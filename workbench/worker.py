@@ -290,11 +290,15 @@ class ModelWorker:
             raise WorkerDied(reply[2])
         raise_by_name(reply[2], reply[3])
 
-    def _call(self, kind: str, *args, on_progress: Callable[[int, int], None] | None = None):
+    def _call(self, kind: str, *args, on_progress: Callable[[int, int], None] | None = None,
+              timeout: float | None = None):
         rid, channel = self._open(kind, *args)
         try:
             while True:
-                reply = channel.queue.get()
+                try:
+                    reply = channel.queue.get(timeout=timeout)
+                except queue.Empty:
+                    raise WorkbenchError(f"The model worker did not answer within {timeout:.0f} s.") from None
                 if reply[0] == "progress":
                     if on_progress:
                         on_progress(reply[2], reply[3])
@@ -316,8 +320,9 @@ class ModelWorker:
     def tokenize(self, text: str) -> list[int]:
         return self._call("tokenize", text)
 
-    def memory(self) -> WorkerMemory:
-        return WorkerMemory(**self._call("memory"))
+    def memory(self, timeout: float | None = None) -> WorkerMemory:
+        """Current and peak RSS, measured in the child (between generation steps)."""
+        return WorkerMemory(**self._call("memory", timeout=timeout))
 
     def embed(self, texts: list[str]) -> dict:
         """{"data": one vector per text, "tokens": tokens read} from the loaded model."""

@@ -108,6 +108,29 @@ def test_a_load_error_is_one_sentence_and_nothing_stays_loaded(root, service):
     assert service.status().loaded is None and service.worker_pid() is None
 
 
+def test_unload_ends_a_load_that_hangs_and_the_next_load_works(root, service):
+    hanging = write_fake_model(root / "models", "slow.json", load_delay_s=120)
+    outcome = {}
+
+    def load():
+        try:
+            service.load(hanging, options=LoadOptions(n_ctx=512))
+        except LoadError as e:
+            outcome["error"] = str(e)
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    time.sleep(1.0)  # the worker is loading
+    started = time.monotonic()
+    service.unload()
+    thread.join(15)
+    assert time.monotonic() - started < 10 and not thread.is_alive()
+    assert outcome["error"] == "Loading slow.json was stopped (Unload, or another load started)."
+    assert service.status().loaded is None and service.worker_pid() is None
+    service.load(write_fake_model(root / "models", reply="Back."), options=LoadOptions(n_ctx=512))
+    assert service.complete(chat()).text == "Back."
+
+
 def _run_together(service, names, stops, delay=0.05):
     results, threads = {}, []
 

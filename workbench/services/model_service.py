@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, AsyncIterator, Iterator
 
 from ..backends.registry import BackendSpec, Registry, check_installed, default_registry
-from ..errors import NoModelLoaded, WorkbenchError, WorkerDied
+from ..errors import LoadError, NoModelLoaded, WorkbenchError, WorkerDied
 from ..hardware import Hardware, detect_hardware
 from ..model_values import Completion, GenerationStats, LoadedModel, ModelEntry, ModelStatus, WorkerMemory
 from ..options import GenerationRequest, LoadOptions
@@ -38,7 +38,8 @@ class ModelService:
         self.registry = registry or default_registry()
         self._worker: ModelWorker | None = None
         self._loaded: LoadedModel | None = None
-        self._lock = threading.Lock()  # load/unload one at a time
+        self._loading: ModelWorker | None = None  # a worker whose load is in progress (Unload kills it)
+        self._lock = threading.Lock()  # guards the three above; not held while an engine loads
 
     # --- discovery -----------------------------------------------------------------
     def list_models(self) -> list[ModelEntry]:
@@ -141,11 +142,27 @@ class ModelService:
                                n_gpu_layers=gpu_layers, tensor_split=plan.tensor_split,
                                offload_folder=asked.offload_folder or self.paths.offload)
             worker = ModelWorker(log_path=os.path.join(self.paths.user_data, "logs", f"worker-{self.slot}.log"))
-            try:
-                info = worker.load(spec, detection, run_with)
-            except BaseException:
+            self._loading = worker
+        # The lock is not held while the engine loads, so Unload (or a newer load) can end a load
+        # that takes long or hangs: it kills the loading worker.
+        try:
+            info = worker.load(spec, detection, run_with)
+        except BaseException as e:
+            worker.stop()
+            with self._lock:
+                stopped = self._loading is not worker
+                if not stopped:
+                    self._loading = None
+            if stopped:
+                raise LoadError(f"Loading {os.path.basename(detection.path)} was stopped (Unload, or another "
+                                "load started).") from e
+            raise
+        with self._lock:
+            if self._loading is not worker:  # stopped just as it finished
                 worker.stop()
-                raise
+                raise LoadError(f"Loading {os.path.basename(detection.path)} was stopped (Unload, or another "
+                                "load started).")
+            self._loading = None
             self._worker = worker
             self._loaded = LoadedModel(
                 name=os.path.basename(detection.path), backend=info["backend"], path=info["path"],
@@ -162,6 +179,9 @@ class ModelService:
             self._stop_worker()
 
     def _stop_worker(self) -> None:
+        loading, self._loading = self._loading, None
+        if loading is not None:  # a load in progress: its worker is killed, its load() says so
+            loading.stop(timeout=1)
         if self._worker is not None:
             self._record_memory()
             self._worker.stop()
@@ -173,7 +193,7 @@ class ModelService:
         if worker is None or loaded is None or not worker.alive():
             return
         try:
-            peak = worker.memory().peak_rss_bytes
+            peak = worker.memory(timeout=3).peak_rss_bytes  # a worker stuck in an engine call is not waited for
         except WorkbenchError:
             return
         predicted = loaded.plan.ram_total()
