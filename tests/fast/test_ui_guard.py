@@ -114,6 +114,39 @@ def test_api_red_team_cases_against_the_launched_app(app):
     assert httpx.get(app.api + "/health", headers=key).json()["model_loaded"] is True
 
 
+def test_ui_stays_up_while_1050_slow_connections_hold_their_headers_open(app, session):
+    # The red team's case: 1,050 connections that never finish their request head exhausted the
+    # app's 1,024 file handles and took the UI down. The app raises its open-file limit at start.
+    import resource
+    import socket
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    port = httpx.URL(app.url).port
+    held = []
+    try:
+        for _ in range(1050):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"GET /config HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # never finished
+            held.append(s)
+        assert session.get("config", timeout=20).status_code == 200
+    finally:
+        for s in held:
+            s.close()
+    assert session.get("config").status_code == 200
+
+
+def test_ui_refuses_a_huge_request_head(app, session):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", httpx.URL(app.url).port), timeout=10) as s:
+        s.sendall(b"GET /config HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n")
+        answer = s.recv(200)
+    assert answer.startswith(b"HTTP/1.1 400") or answer == b""  # h11's 16 KiB head limit: refused or closed
+    assert session.get("config").status_code == 200
+
+
 def test_ui_login_brute_force_is_throttled(app):
     client = httpx.Client(base_url=app.url, timeout=30)
     statuses = [client.post("login", data={"username": LOGIN[0], "password": f"guess{i}"}).status_code
