@@ -209,3 +209,29 @@ def test_service_errors_and_perplexity_keep_the_app_running(root, service, serve
     vectors, tokens = service.embed(["ab", "abcd"])
     assert vectors == [[2.0, 1.0], [4.0, 1.0]] and tokens == 7
     assert service.complete(GenerationRequest(messages=HELLO)).text == "one two three four five"
+
+
+def test_cli_remote_add_reads_the_key_from_stdin_and_remove_deletes_both(root, monkeypatch, capsys):
+    import io
+
+    from workbench import cli
+
+    monkeypatch.setenv("WORKBENCH_ROOT", str(root))
+    monkeypatch.setattr("sys.stdin", io.StringIO("sk-cli\n"))
+    assert cli.main(["remote", "add", "c1", "--base-url", "http://h:8000", "--model", "m", "--api-key-stdin"]) == 0
+    assert "sk-cli" not in capsys.readouterr().out
+    path = str(root / "models" / "c1.remote.json")
+    assert rb.read_entry(path).base_url == "http://h:8000/v1"  # a bare host gets /v1
+    assert open(rb.key_path(path)).read().strip() == "sk-cli"
+    assert cli.main(["remote", "remove", "c1"]) == 0
+    assert not os.path.exists(path) and not os.path.exists(rb.key_path(path))
+    assert cli.main(["remote", "add", "c2", "--base-url", "ftp://h", "--model", "m"]) == 2
+    assert "http:// or https://" in capsys.readouterr().err
+
+
+def test_the_service_adds_an_entry_with_a_saved_key_only(root):
+    service = ModelService(Paths(str(root)))
+    assert service.add_remote(" ui ", "http://h:1/v1", "m", " sk-ui ") == "ui.remote.json"
+    assert open(rb.key_path(str(root / "models" / "ui.remote.json"))).read().strip() == "sk-ui"
+    with pytest.raises(WorkbenchError, match="Give the model name"):
+        service.add_remote("x", "http://h:1/v1", " ")

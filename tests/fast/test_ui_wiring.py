@@ -109,3 +109,14 @@ def test_a_deleted_run_comes_back_with_undo(client):
     assert "t2" not in [c[0] for c in runs["choices"]]
     runs, *_ = client.predict(api_name="/undo_delete_run")
     assert runs["value"] == "t2"
+
+
+def test_a_remote_server_is_added_from_the_model_tab(client):
+    from .fake_openai_server import KEY, MODEL, FakeOpenAI
+
+    with FakeOpenAI() as server:
+        picked, table, key_box = client.predict("srv", server.base_url, MODEL, KEY, api_name="/add_remote")
+    rows = {row[0]: row for row in table["data"]}
+    assert picked["value"] == "srv.remote.json" and rows["srv.remote.json"][1:3] == ["remote", "remote"] and key_box == ""
+    with pytest.raises(Exception, match="http:// or https://"):
+        client.predict("bad", "ftp://host/v1", MODEL, "", api_name="/add_remote")

@@ -77,6 +77,21 @@ class ModelService:
         """The backend that would load `path` with the loader choice `loader`."""
         return self.registry.choose(self.registry.detect(path, trust_pickle), loader)
 
+    def add_remote(self, name: str, base_url: str, model: str, api_key: str | None = None) -> str:
+        """Save models/NAME.remote.json for `model` on the OpenAI-compatible server at `base_url`; its entry name.
+
+        A key is saved apart, in user_data/remote_keys/ (0600). Keys from environment variables are only
+        for the local command line (`remote add --api-key-env`): a browser user must not pick which of the
+        server's variables is sent where."""
+        from ..backends.remote_backend import save_entry
+
+        for value, what in ((name, "a name"), (base_url, "the server's base URL"), (model, "the model name")):
+            if not isinstance(value, str) or not value.strip():
+                raise WorkbenchError(f"Give {what} for the remote server.")
+        path = save_entry(self.paths.models, name.strip(), base_url.strip(), model.strip(),
+                          api_key=(api_key or "").strip() or None)
+        return os.path.basename(path)
+
     def transformers_copy_job(self, name: str | None) -> JobSpec:
         """The job that makes a Transformers copy of model `name` as models/<name>-transformers."""
         from ..jobs import JobSpec

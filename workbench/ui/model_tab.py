@@ -121,6 +121,15 @@ def build_model_tab(models: ModelService, profiles: ProfileStore, defaults: Load
             load = gr.Button("Load", variant="primary", elem_id="load-model")
             unload = gr.Button("Unload", elem_id="unload-model")
         status = gr.Markdown("", elem_id="model-status")
+        with gr.Accordion("Add a remote server (OpenAI-compatible: vLLM, llama-server, Ollama, a workbench)",
+                          open=False):
+            with gr.Row():
+                remote_name = gr.Textbox(label="Name", placeholder="my-server", scale=1)
+                remote_url = gr.Textbox(label="Base URL", placeholder="http://192.168.1.20:8000/v1", scale=2)
+                remote_model = gr.Textbox(label="Model on that server", placeholder="its /v1/models id", scale=2)
+                remote_key = gr.Textbox(label="API key (saved in user_data/, never shown again)", type="password",
+                                        scale=2)
+                add_remote = gr.Button("Add remote server", scale=1)
         plan_button = gr.Button("Show plan", visible=False)  # the plan as an API endpoint
         refresh_timer = gr.Timer(5)
         seen_loaded = gr.State(None)  # the loaded model this page last showed (to follow loads made elsewhere)
@@ -169,6 +178,14 @@ def build_model_tab(models: ModelService, profiles: ProfileStore, defaults: Load
         name = profiles.undo_delete()
         return gr.update(choices=profiles.names(), value=name)
 
+    @shows_errors
+    def on_add_remote(name, base_url, model, key):
+        added = models.add_remote(name, base_url, model, key)
+        gr.Info(f"Added {added}: pick it and Load, like a local model.")
+        entries = models.list_models()
+        return (gr.update(choices=[e.name for e in entries if e.error is None], value=added), model_rows(entries),
+                "")
+
     def on_refresh():
         entries = models.list_models()
         return gr.update(choices=[e.name for e in entries if e.error is None]), model_rows(entries)
@@ -189,6 +206,8 @@ def build_model_tab(models: ModelService, profiles: ProfileStore, defaults: Load
     load.click(on_load, plan_inputs, status, api_name="load_model")
     unload.click(lambda: (models.unload(), format_status(models.status()))[1], None, status, api_name="unload_model")
     refresh.click(on_refresh, None, [model_name, table], api_name="list_models")
+    add_remote.click(on_add_remote, [remote_name, remote_url, remote_model, remote_key], [model_name, table, remote_key],
+                     api_name="add_remote")
     apply_profile.click(on_apply, profile, form, api_name="apply_profile")
     save_profile.click(on_save, [profile_name, *form], profile, api_name="save_profile")
     delete_profile.click(on_delete, profile, profile, api_name="delete_profile")
