@@ -189,7 +189,12 @@ def model_line(chat: ChatService) -> str:
     loaded = chat.models.loaded()
     if loaded is None:
         return "**No model is loaded**: pick one in the Model tab and press Load."
-    return f"Talking to **{loaded.name}** · {loaded.backend} · context {loaded.n_ctx:,}"
+    adapter = ""
+    if loaded.options.adapter:  # a training run's adapter/ folder: named by its run
+        folder = os.path.normpath(loaded.options.adapter)
+        run = os.path.basename(os.path.dirname(folder)) if os.path.basename(folder) == "adapter" else folder
+        adapter = f" with adapter **{os.path.basename(run)}**"
+    return f"Talking to **{loaded.name}**{adapter} · {loaded.backend} · context {loaded.n_ctx:,}"
 
 
 def build_chat_tab(chat: ChatService, presets: GenerationPresetStore, export_folder: str, page: gr.Blocks) -> None:
