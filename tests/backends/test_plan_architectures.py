@@ -50,12 +50,16 @@ def test_transformers_plan_is_within_ten_percent_of_the_measured_peak(models_dir
     _within_ten_percent(models_dir[arch], tmp_path, arch)
 
 
+# GGUF forms made with llama.cpp's own converter. Qwen2, Phi-3 and Gemma 2 do not convert with the
+# sample's tokenizer (llama.cpp wants their own pre-tokenizer or a sentencepiece model), so the GGUF
+# plan is checked on a 152k vocabulary, Mistral and two mixtures of experts (measured: +4.5% to +6.2%).
 @pytest.mark.skipif(not os.path.isfile(CONVERTER), reason="llama.cpp's converter is not unpacked (./start.sh does it)")
-def test_llama_cpp_plan_holds_for_a_152k_vocabulary(models_dir, tmp_path):
-    gguf = str(tmp_path / "llama_152k.gguf")
-    subprocess.run([sys.executable, CONVERTER, models_dir["llama_152k"], "--outfile", gguf, "--outtype", "q8_0"],
+@pytest.mark.parametrize("arch", ["llama_152k", "mistral", "mixtral", "qwen2_moe"])
+def test_llama_cpp_plan_holds_for_other_architectures(models_dir, arch, tmp_path):
+    gguf = str(tmp_path / f"{arch}.gguf")
+    subprocess.run([sys.executable, CONVERTER, models_dir[arch], "--outfile", gguf, "--outtype", "q8_0"],
                    check=True, capture_output=True)
-    _within_ten_percent(gguf, tmp_path, "llama_152k GGUF")
+    _within_ten_percent(gguf, tmp_path, f"{arch} GGUF")
 
 
 @pytest.fixture(scope="module")
