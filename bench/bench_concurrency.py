@@ -165,15 +165,20 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--skip-transformers", action="store_true")
+    p.add_argument("--formats", default="q4_1,q4_0", help="GGUF rows to run: q4_1 (the sample), q4_0 (requantized)")
     args = p.parse_args()
+    formats = set(args.formats.split(","))
     from tests.conftest import SAMPLE_GGUF, _derive
 
     kinds = ["workbench"] + (["llama-server"] if args.llama_server else [])
-    report = {"gguf_q4_1 (the sample)": gguf_report(SAMPLE_GGUF, kinds, args.tokens, args.rounds, args.llama_server)}
+    report = {}
+    if "q4_1" in formats:
+        report["gguf_q4_1 (the sample)"] = gguf_report(SAMPLE_GGUF, kinds, args.tokens, args.rounds, args.llama_server)
     # Q4_1 has no batched (repacked) CPU kernel in llama.cpp, so a batch of two costs two single steps;
     # Q4_0 has one. The same model requantized shows what batching and drafting do where the engine can.
-    q4_0 = requantized(SAMPLE_GGUF, 2, os.path.join(os.path.dirname(_derive("transformers")), "sample-q4_0.gguf"))
-    report["gguf_q4_0 (requantized)"] = gguf_report(q4_0, kinds, args.tokens, args.rounds, args.llama_server)
+    if "q4_0" in formats:
+        q4_0 = requantized(SAMPLE_GGUF, 2, os.path.join(os.path.dirname(_derive("transformers")), "sample-q4_0.gguf"))
+        report["gguf_q4_0 (requantized)"] = gguf_report(q4_0, kinds, args.tokens, args.rounds, args.llama_server)
     if not args.skip_transformers:
         tf = concurrency(_derive("transformers"), ["workbench"], [1, 4], args.tokens, max(1, args.rounds - 1), None)
         tf["4"]["workbench"]["vs_1_stream"] = round(tf["4"]["workbench"]["aggregate_tokens_per_s"]
@@ -182,7 +187,7 @@ def main() -> int:
     text = json.dumps(report, indent=2)
     print(text)
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-    with open(os.path.join(ROOT, "bench", "results", "concurrency.json"), "w") as f:
+    with open(os.path.join(ROOT, "bench", "results", f"concurrency-{'-'.join(sorted(formats))}.json"), "w") as f:
         f.write(text)
     return 0
 
