@@ -21,7 +21,7 @@ from .detect import GGUF, TRANSFORMERS, detect
 from .engine_logging import quiet_engines
 from .errors import ConversionError, WorkbenchError, brief
 
-Progress = Callable[[str], None]
+Progress = Callable[..., None]  # progress(message) or progress(message, fraction 0..1)
 
 # Calibration text used when the user gives none: varied, plain English prose and Q&A.
 BUILTIN_CALIBRATION = [

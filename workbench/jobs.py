@@ -19,8 +19,10 @@ training/export.py); this module only names them.
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -61,8 +63,10 @@ class JobService:
         self.jobs = {**JOBS, **(jobs or {})}  # kind -> "module:function" (tests add their own)
 
     def run(self, spec: JobSpec, on_progress: Callable[[str], None] = lambda message: None,
-            stop: threading.Event | None = None, log_to_stderr: bool = False) -> JobResult:
-        """Run `spec` in a child process to the end; `on_progress(message)` per progress line.
+            stop: threading.Event | None = None, log_to_stderr: bool = False,
+            on_fraction: Callable[[float, str], None] | None = None) -> JobResult:
+        """Run `spec` in a child process to the end; `on_progress(message)` per progress line, or
+        `on_fraction(done, message)` for those that say how far along the job is (0..1) when given.
 
         Setting `stop` kills the child (its temporary output is left unfinished and never renamed
         into place). Raises the job's own error class with its one-sentence message.
@@ -101,7 +105,11 @@ class JobService:
                 except json.JSONDecodeError:
                     continue
                 if event.get("event") == "progress":
-                    on_progress(str(event.get("message", "")))
+                    fraction = event.get("fraction")
+                    if on_fraction is not None and isinstance(fraction, (int, float)):
+                        on_fraction(min(max(float(fraction), 0.0), 1.0), str(event.get("message", "")))
+                    else:
+                        on_progress(str(event.get("message", "")))
                 else:
                     outcome = event
             proc.wait()
@@ -124,9 +132,40 @@ class JobService:
 def run_in_terminal(spec: JobSpec, paths: Paths) -> int:
     """For the CLI: run `spec`, progress on stderr (with the engines' own output), its output's path on stdout."""
     result = JobService(paths).run(spec, lambda message: print(message, file=sys.stderr, flush=True),
-                                   log_to_stderr=True)
+                                   log_to_stderr=True, on_fraction=lambda done, message: None)  # bars show there
     print(result.output)
     return 0
+
+
+_BAR = re.compile(r"(?P<desc>[^\r\n|]*?):?\s*(?P<pct>\d{1,3})%\|")
+
+
+class ProgressBars(io.TextIOBase):
+    """A text stream in front of stderr that passes everything through and turns each tqdm bar's
+    percentage ("Writing: 41%|####  |") into `progress(desc, fraction)`, at most once per percent."""
+
+    def __init__(self, stream, progress: Callable[..., None]):
+        self.stream, self.progress, self._last = stream, progress, None
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        for part in re.split(r"[\r\n]", text):
+            match = _BAR.search(part)
+            if match:
+                seen = (match["desc"].strip(), int(match["pct"]))
+                if seen != self._last:
+                    self._last = seen
+                    self.progress(seen[0] or "Working", min(seen[1], 100) / 100)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def isatty(self) -> bool:
+        return False
 
 
 def _child() -> int:
@@ -138,11 +177,16 @@ def _child() -> int:
     def emit(event: dict) -> None:
         protocol.write(json.dumps(event) + "\n")
 
+    def progress(message, fraction: float | None = None) -> None:
+        emit({"event": "progress", "message": str(message), "fraction": fraction})
+
+    sys.stderr = ProgressBars(sys.stderr, progress)  # the engines' tqdm bars become fractions
+
     try:
         job = json.loads(sys.stdin.readline())
         module_name, function = job["function"].split(":")
         run = getattr(importlib.import_module(module_name), function)
-        output = run(**job["kwargs"], progress=lambda message: emit({"event": "progress", "message": str(message)}))
+        output = run(**job["kwargs"], progress=progress)
         emit({"event": "result", "output": os.path.abspath(output)})
         return 0
     except WorkbenchError as e:

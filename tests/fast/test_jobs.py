@@ -12,7 +12,7 @@ from workbench.paths import Paths
 
 from .fakes import scratch
 
-TEST_JOBS = {"count": "tests.fast.job_functions:count"}
+TEST_JOBS = {"count": "tests.fast.job_functions:count", "bar": "tests.fast.job_functions:bar"}
 
 
 @pytest.fixture
@@ -45,3 +45,12 @@ def test_stop_kills_the_job(jobs, tmp_path):
         jobs.run(JobSpec("count", {"n": 1000, "out": str(tmp_path / "x"), "delay": 0.05}, title="Counting"),
                  lambda message: stop.set(), stop)
     assert not (tmp_path / "x").exists()
+
+
+def test_an_engines_tqdm_bar_becomes_fractions(jobs, tmp_path):
+    messages, fractions = [], []
+    jobs.run(JobSpec("bar", {"n": 4, "out": str(tmp_path / "made.txt")}), messages.append,
+             on_fraction=lambda done, message: fractions.append((done, message)))
+    assert messages == ["starting"]
+    assert fractions[0] == (0.0, "Copying tensors") and fractions[-1] == (1.0, "Copying tensors")
+    assert [f for f, _ in fractions] == sorted(f for f, _ in fractions) and len(fractions) >= 3

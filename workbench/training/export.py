@@ -12,6 +12,7 @@ Every output is written to a temporary name and renamed into place when complete
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ from typing import Callable
 from ..convert import _finish, _prepare_output, transformers_to_gptq
 from ..errors import ConversionError, WorkbenchError, brief
 
-Progress = Callable[[str], None]
+Progress = Callable[..., None]  # progress(message) or progress(message, fraction 0..1)
 GGUF_TYPES = ("f16", "bf16", "q8_0", "f32")
 
 
@@ -81,11 +82,18 @@ def to_gguf(src: str, out_file: str, outtype: str = "q8_0", progress: Progress =
     os.close(fd)
     progress(f"Converting {os.path.basename(src)} to GGUF ({outtype}) with llama.cpp's converter...")
     env = dict(os.environ, PYTHONPATH=os.path.join(converter, "gguf-py"), NO_LOCAL_GGUF="")
-    proc = subprocess.run([sys.executable, script, src, "--outfile", tmp, "--outtype", outtype],
-                          cwd=converter, env=env, capture_output=True, text=True)
+    from ..jobs import ProgressBars
+
+    proc = subprocess.Popen([sys.executable, script, src, "--outfile", tmp, "--outtype", outtype],
+                            cwd=converter, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = io.StringIO()
+    bars = ProgressBars(output, lambda desc, fraction: progress(f"GGUF: {desc}", fraction))
+    for chunk in iter(lambda: proc.stdout.read(512), ""):  # its tqdm bars ("Writing: 41%|") as they come
+        bars.write(chunk)
+    proc.wait()
     if proc.returncode != 0:
         os.unlink(tmp)
-        lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+        lines = [ln for ln in output.getvalue().splitlines() if ln.strip()]
         reason = lines[-1] if lines else f"exit code {proc.returncode}"
         raise ConversionError(f"llama.cpp's converter could not convert {os.path.basename(src)} ({reason[:300]}).")
     os.replace(tmp, out_file)
