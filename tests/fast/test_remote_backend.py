@@ -235,3 +235,21 @@ def test_the_service_adds_an_entry_with_a_saved_key_only(root):
     assert open(rb.key_path(str(root / "models" / "ui.remote.json"))).read().strip() == "sk-ui"
     with pytest.raises(WorkbenchError, match="Give the model name"):
         service.add_remote("x", "http://h:1/v1", " ")
+
+
+def test_a_closed_stream_hangs_up_and_leaves_no_news_behind(root):
+    with FakeOpenAI(reply=" ".join(["w"] * 300), token_delay_s=0.005) as server:
+        backend = rb.RemoteBackend()
+        backend.load(default_registry().detect(add(root, server.base_url)), LoadOptions(n_ctx=2048, parallel=2))
+        try:
+            events = backend.generate(GenerationRequest(messages=HELLO), lambda: False)
+            event = None
+            while not isinstance(event, rb.TokenEvent):
+                event = next(events)
+            time.sleep(0.05)  # more arrives meanwhile, untaken
+            events.close()
+            assert server.hung_up.wait(5)
+            time.sleep(0.05)
+            assert backend._arrivals.pending == 0  # else every later generator would spin instead of waiting
+        finally:
+            backend.unload()

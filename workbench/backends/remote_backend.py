@@ -187,41 +187,16 @@ def save_entry(models_dir: str, name: str, base_url: str, model: str, api_key_en
     return path
 
 
-class _Arrivals:
-    """What every stream's reader thread has delivered, and one condition all generators wait on."""
-
-    def __init__(self):
-        self.cond = threading.Condition()
-        self.pending = 0  # items delivered and not yet taken, over all streams
-
-    def put(self, queue: deque, item: tuple) -> None:
-        with self.cond:
-            queue.append(item)
-            self.pending += 1
-            self.cond.notify_all()
-
-    def take(self, queue: deque, wait: float) -> list[tuple]:
-        """All of `queue`; when nothing has arrived anywhere, wait up to `wait` s first (no busy loop)."""
-        with self.cond:
-            if not queue and self.pending == 0:
-                self.cond.wait(wait)
-            items = list(queue)
-            queue.clear()
-            self.pending -= len(items)
-            return items
-
-
 class _Stream:
-    """One streamed request: its reader thread, its queue, and how to close it from the worker."""
+    """One streamed request: what its reader thread delivered, and how to close it from the worker."""
 
     def __init__(self):
         self.queue: deque = deque()
         self.closed = False
         self.response = None
 
-    def close(self) -> None:
+    def close_connection(self) -> None:
         """End the HTTP stream now (the server sees the connection go and stops generating)."""
-        self.closed = True
         response = self.response
         if response is None:
             return
@@ -236,6 +211,40 @@ class _Stream:
             response.close()
         except Exception:  # noqa: BLE001 - the reader thread may be closing it at the same time
             pass
+
+
+class _Arrivals:
+    """What every stream's reader thread has delivered, and one condition all generators wait on."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.pending = 0  # items delivered and not yet taken, over all open streams
+
+    def put(self, stream: _Stream, item: tuple) -> None:
+        with self.cond:
+            if stream.closed:  # nobody will take it: it must not count as news
+                return
+            stream.queue.append(item)
+            self.pending += 1
+            self.cond.notify_all()
+
+    def take(self, stream: _Stream, wait: float) -> list[tuple]:
+        """All of `stream`'s items; when nothing has arrived anywhere, wait up to `wait` s first (no busy loop)."""
+        with self.cond:
+            if not stream.queue and self.pending == 0:
+                self.cond.wait(wait)
+            items = list(stream.queue)
+            stream.queue.clear()
+            self.pending -= len(items)
+            return items
+
+    def close(self, stream: _Stream) -> None:
+        """`stream` is done: what it left untaken stops counting, and later deliveries are dropped."""
+        with self.cond:
+            stream.closed = True
+            self.pending -= len(stream.queue)
+            stream.queue.clear()
+        stream.close_connection()
 
 
 class RemoteBackend(Backend):
@@ -405,7 +414,7 @@ class RemoteBackend(Backend):
         import httpx
 
         put = self._arrivals.put
-        q = stream.queue
+        q = stream
         try:
             with self.client.stream("POST", path, json=body) as response:
                 stream.response = response
@@ -436,7 +445,7 @@ class RemoteBackend(Backend):
                 e = RemoteError(f"Reading the remote server's reply failed: {type(e).__name__}: {self._scrub(e)}")
             put(q, ("error", e))
 
-    def _chunk(self, chunk: dict, q: deque, put) -> None:
+    def _chunk(self, chunk: dict, q: _Stream, put) -> None:
         if chunk.get("error"):
             said = chunk["error"].get("message") if isinstance(chunk["error"], dict) else chunk["error"]
             raise RemoteError(f"The remote server at {self.entry.base_url} failed mid-reply: {self._scrub(said)}")
@@ -465,7 +474,7 @@ class RemoteBackend(Backend):
                 if cancelled():
                     yield DoneEvent("cancelled", prompt_tokens or 0, made)
                     return
-                items = self._arrivals.take(stream.queue, WAIT_S)
+                items = self._arrivals.take(stream, WAIT_S)
                 if not items:
                     yield None
                     continue
@@ -491,10 +500,7 @@ class RemoteBackend(Backend):
                     yield DoneEvent(finish, prompt_tokens, made)
                     return
         finally:
-            stream.close()
-            with self._arrivals.cond:  # what this stream left untaken no longer counts as news
-                self._arrivals.pending -= len(stream.queue)
-                stream.queue.clear()
+            self._arrivals.close(stream)
 
 
 def _logprob_entries(logprobs) -> list[dict]:
