@@ -262,7 +262,7 @@ class RemoteBackend(Backend):
     # --- errors ---------------------------------------------------------------------
     def _scrub(self, text: str) -> str:
         text = brief(str(text), 200)
-        return text.replace(self._key, "***") if self._key else text
+        return text.replace(self._key, "***") if self._key and len(self._key) >= 6 else text  # a server may echo it
 
     def _http_error(self, status: int, body: str, what: str) -> RemoteError:
         url, model = self.entry.base_url, self.entry.model
