@@ -2,6 +2,8 @@
 
     python -m workbench train --config run.yaml [--name N] [--max-steps 20 ...]
     python -m workbench train --resume NAME
+    python -m workbench train --config run.yaml --processes 2       # data parallel on this machine
+    python -m workbench train ... --processes 2 --nnodes 2 --rdzv 10.0.0.5:29500   # prints machine 1's command
     python -m workbench runs [--json]
     python -m workbench eval PATH --text FILE [--window 512] [--adapter RUN] [--json]
     python -m workbench export RUN|PATH --to transformers|gptq|gguf OUT
@@ -86,6 +88,13 @@ def cmd_train(args, paths) -> int:
     config = _config_from_args(args)
     service.start(config, trusted_paths=True)
     print(f"run {config.name} started: {service.run_files(config.name).folder}", file=sys.stderr)
+    commands = service.node_commands(config.name)
+    if commands:
+        print(f"start the other machines (each needs this project and {service.run_files(config.name).config} "
+              f"at the same path, the model and dataset too; the rendezvous port {config.rdzv} has no "
+              "authentication: use a private network or an SSH tunnel):", file=sys.stderr)
+        for command in commands:
+            print(f"  {command}", file=sys.stderr)
     if args.detach:
         return 0
     return _follow(service, config.name, args.json)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ..jobs import JobSpec
 
 DATASET_SUFFIXES = (".txt", ".md", ".json", ".jsonl")
+RUN_MODULES = ("workbench.training.runner", "workbench.training.launch")  # a run's process (one, or the launcher)
 
 
 class RunError(WorkbenchError):
@@ -59,7 +60,8 @@ def _alive(pid: int | None) -> bool:
         import psutil
 
         proc = psutil.Process(pid)
-        return proc.status() != psutil.STATUS_ZOMBIE and "workbench.training.runner" in " ".join(proc.cmdline())
+        cmdline = " ".join(proc.cmdline())
+        return proc.status() != psutil.STATUS_ZOMBIE and any(m in cmdline for m in RUN_MODULES)
     except Exception:  # noqa: BLE001 - gone, or not ours
         return False
 
@@ -157,7 +159,8 @@ class TrainingService:
         hw = detect_hardware()
         if need.total > hw.ram_total_bytes:
             raise RunError(f"This run needs {need.summary()}, more than this machine's "
-                           f"{hw.ram_total_bytes / 2**30:.1f} GiB of RAM; lower the batch size or the cutoff length.")
+                           f"{hw.ram_total_bytes / 2**30:.1f} GiB of RAM; lower the batch size, the cutoff length "
+                           "or the processes.")
         return need.summary()
 
     # lifecycle -----------------------------------------------------------
@@ -180,6 +183,8 @@ class TrainingService:
     def start(self, config: TrainConfig, trusted_paths: bool = False) -> RunStatus:
         """Write the run folder and start its process."""
         config.validate()
+        if config.node_rank:
+            raise RunError("Start a run on machine 0; the other machines run the command it prints.")
         run = self.run_files(config.name)
         if os.path.exists(run.folder):
             raise RunError(f"A run named {config.name!r} already exists; pick another name, or resume or delete it.")
@@ -202,10 +207,13 @@ class TrainingService:
 
     def _launch(self, run: RunFiles) -> None:
         env = dict(os.environ, WORKBENCH_ROOT=self.paths.root, PYTHONUNBUFFERED="1")
+        module = self.runner
+        if module == "workbench.training.runner" and self._distributed(run):
+            module = "workbench.training.launch"  # torchrun in that process, the runner in each rank
         log = open(run.log, "ab")
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", self.runner, run.folder],
+                [sys.executable, "-m", module, run.folder],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                 start_new_session=True,
@@ -214,6 +222,22 @@ class TrainingService:
             log.close()
         run.update_state(status=RUNNING, pid=proc.pid)
         self._procs[run.name] = proc
+
+    def _distributed(self, run: RunFiles) -> bool:
+        try:
+            config = self.config(run.name)
+        except WorkbenchError:
+            return False
+        return config.world_size > 1
+
+    def node_commands(self, name: str) -> list[str]:
+        """The command to run on each other machine of a several-machine run (empty for one machine).
+
+        That machine needs the same run folder (at least config.yaml, with the model and dataset at the
+        same paths) and this project; it writes nothing there, machine 0 writes the run's files."""
+        from ..training.distributed import other_node_commands
+
+        return other_node_commands(self.config(name), self.run_files(name).folder, self.paths.root)
 
     def resume(self, name: str) -> RunStatus:
         run = self.run_files(name)
@@ -239,7 +263,7 @@ class TrainingService:
         with open(run.cancel_flag, "w"):
             pass
         pid = run.read_state().get("pid")
-        if _alive(pid):
+        if _alive(pid) and not self._distributed(run):  # several processes: each rank sees the flag at a step's end
             os.kill(pid, signal.SIGTERM)
         return current
 

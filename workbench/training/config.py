@@ -7,6 +7,7 @@ refused with the key and its line, like presets.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 
@@ -17,6 +18,7 @@ LORA, SCRATCH = "lora", "scratch"
 METHODS = (LORA, SCRATCH)
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 BYTE_TOKENIZER = "byte"
+RDZV = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]{0,252}):([1-9][0-9]{0,4})$")
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -57,7 +59,12 @@ class TrainConfig:
     save_every: int = 50                      # steps between checkpoints
     early_stopping_patience: int = 0          # validation passes without improvement before stopping; 0 = off
     seed: int = 42
-    threads: int = 0                          # CPU threads; 0 = physical cores
+    threads: int = 0                          # CPU threads; 0 = physical cores (shared among the processes)
+    # data parallel (torch.distributed): the global batch is batch_size x grad_accum, whatever the count
+    processes: int = 1                        # training processes on this machine (> 1: launched with torchrun)
+    nnodes: int = 1                           # machines taking part (> 1: start the others with the printed command)
+    node_rank: int = 0                        # this machine's number among them (0 writes the run's files)
+    rdzv: str = ""                            # host:port of machine 0 (several machines); one machine: 127.0.0.1
 
     def validate(self) -> "TrainConfig":
         def bad(msg):
@@ -99,7 +106,34 @@ class TrainConfig:
             bad("Batch size and gradient accumulation must be between 1 and 1024.")
         if self.save_every < 1:
             bad("Save every must be at least 1 step.")
+        if not 1 <= self.processes <= 256 or not 1 <= self.nnodes <= 1024:
+            bad("Processes must be between 1 and 256 and machines between 1 and 1024.")
+        if not 0 <= self.node_rank < self.nnodes:
+            bad(f"The machine number (node rank) {self.node_rank} must be between 0 and {self.nnodes - 1}.")
+        if self.nnodes > 1 and not RDZV.match(self.rdzv or ""):
+            bad("Training on several machines needs the rendezvous address of machine 0 as host:port "
+                "(for example 10.0.0.5:29500).")
+        if self.rdzv and (not RDZV.match(self.rdzv) or int(self.rdzv.rsplit(":", 1)[1]) > 65535):
+            bad(f"The rendezvous address {self.rdzv!r} must be host:port (for example 10.0.0.5:29500).")
+        world = self.world_size
+        if (self.batch_size * self.grad_accum) % world:
+            bad(f"The global batch (batch size {self.batch_size} x accumulation {self.grad_accum}) must divide "
+                f"evenly among the {world} processes; make it a multiple of {world}.")
         return self
+
+    @property
+    def world_size(self) -> int:
+        """Training processes on all machines together."""
+        return self.processes * self.nnodes
+
+    def per_process_batch(self) -> tuple[int, int]:
+        """(batch per process, accumulation steps) that keep the global batch batch_size x grad_accum.
+
+        Each process takes global / world examples per optimizer step: in micro-batches as large as
+        possible without exceeding batch_size, so memory per process never grows."""
+        share = self.batch_size * self.grad_accum // self.world_size
+        micro = math.gcd(share, self.batch_size)
+        return micro, share // micro
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,7 +154,7 @@ class TrainConfig:
         clean = dict(data)
         if isinstance(clean.get("target_modules"), str):
             clean["target_modules"] = [m.strip() for m in clean["target_modules"].split(",") if m.strip()]
-        for key in ("validation_file", "base_model", "output_model"):
+        for key in ("validation_file", "base_model", "output_model", "rdzv"):
             if clean.get(key) is None:
                 clean[key] = ""
         try:

@@ -41,6 +41,16 @@ class ListDataset:
         return {"input_ids": self.input_ids[i], "labels": self.labels[i]}
 
 
+class ReadOnlyRunFiles(RunFiles):
+    """The run folder as ranks other than 0 see it: they read config and checkpoints, and write nothing."""
+
+    def update_state(self, **changes) -> dict:
+        return self.read_state()
+
+    def append_metrics(self, row: dict) -> None:
+        pass
+
+
 def make_collator(pad_id: int):
     """Pads a batch to its longest example; padded positions get no loss and no attention."""
     import torch
@@ -76,18 +86,24 @@ def prepare_data(config: TrainConfig, tokenizer, template):
     return train, val, info
 
 
-def training_arguments(config: TrainConfig, output_dir: str, has_eval: bool):
+def training_arguments(config: TrainConfig, output_dir: str, has_eval: bool, world: int = 1):
+    """The Trainer's arguments; with `world` > 1 processes each takes its share of the same global batch."""
     import torch
     from transformers import TrainingArguments
 
     eval_strategy = "no"
     if has_eval:
         eval_strategy = "steps" if config.eval_every else "epoch"
+    batch, accum = config.per_process_batch() if world > 1 else (config.batch_size, config.grad_accum)
+    extra = {}
+    if world > 1:
+        extra = dict(ddp_backend="nccl" if torch.cuda.is_available() else "gloo", ddp_find_unused_parameters=False)
     return TrainingArguments(
+        **extra,
         output_dir=output_dir,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
+        per_device_train_batch_size=batch,
+        per_device_eval_batch_size=batch,
+        gradient_accumulation_steps=accum,
         learning_rate=config.learning_rate,
         lr_scheduler_type=config.scheduler,
         warmup_steps=config.warmup_steps,
@@ -109,8 +125,12 @@ def training_arguments(config: TrainConfig, output_dir: str, has_eval: bool):
 
 
 def make_callback(run: RunFiles, config: TrainConfig, stop_requested):
-    """The Trainer callback that writes metrics.jsonl, honours Cancel and does early stopping."""
+    """The Trainer callback that writes metrics.jsonl, honours Cancel and does early stopping.
+
+    On several processes only rank 0 writes; a Cancel seen by any rank stops every rank at the same step."""
     from transformers import TrainerCallback
+
+    from .distributed import any_rank
 
     class WorkbenchCallback(TrainerCallback):
         def __init__(self):
@@ -122,6 +142,8 @@ def make_callback(run: RunFiles, config: TrainConfig, stop_requested):
             self.last_eval_step = -1
 
         def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero:
+                return
             logs = logs or {}
             row = {"step": state.global_step, "max_steps": state.max_steps, "epoch": round(state.epoch or 0, 4),
                    "time": time.time(), "rss": peak_rss_bytes()}
@@ -156,7 +178,7 @@ def make_callback(run: RunFiles, config: TrainConfig, stop_requested):
                     control.should_training_stop = True
 
         def on_step_end(self, args, state, control, **kwargs):
-            if stop_requested() and not self.cancelled:
+            if any_rank(stop_requested()) and not self.cancelled:
                 self.cancelled = True
                 control.should_save = True
                 control.should_training_stop = True
@@ -211,7 +233,12 @@ def failure_message(e: BaseException) -> str:
 
 
 def run(folder: str) -> int:
-    run_files = RunFiles(folder)
+    from .distributed import any_rank, die_with_parent, local_world_size, rank, world_size
+
+    world, main = world_size(), rank() == 0
+    if world > 1:
+        die_with_parent()
+    run_files = RunFiles(folder) if main else ReadOnlyRunFiles(folder)
     stop = {"requested": False}
 
     def on_term(signum, frame):
@@ -222,14 +249,20 @@ def run(folder: str) -> int:
     def stop_requested() -> bool:
         return stop["requested"] or os.path.exists(run_files.cancel_flag)
 
-    run_files.update_state(status=RUNNING, pid=os.getpid(), started=time.time(), error=None)
+    if world > 1:  # state.json keeps the launcher's pid: the run lives as long as it does
+        run_files.update_state(status=RUNNING, started=time.time(), error=None, processes=world)
+    else:
+        run_files.update_state(status=RUNNING, pid=os.getpid(), started=time.time(), error=None)
     try:
         with open(run_files.config, encoding="utf-8") as f:
             config = TrainConfig.from_yaml(f.read(), run_files.config)
-        if config.threads:
+        if config.threads or world > 1:
             import torch
 
-            torch.set_num_threads(config.threads)
+            from ..hardware import detect_hardware
+
+            cores = config.threads or detect_hardware().physical_cores
+            torch.set_num_threads(max(1, cores // local_world_size()) if world > 1 else cores)
         from ..engine_logging import quiet_engines
         from .model_setup import build_model, chat_template_of, load_tokenizer, trainable_parameters
 
@@ -241,8 +274,9 @@ def run(folder: str) -> int:
         tokenizer = load_tokenizer(config)
         template = chat_template_of(tokenizer)
         train, val, info = prepare_data(config, tokenizer, template)
-        write_json_atomic(run_files.path("dataset.json"), {**info, "train_examples": len(train.input_ids),
-                                                             "validation_examples": len(val.input_ids) if val else 0})
+        if main:
+            write_json_atomic(run_files.path("dataset.json"), {**info, "train_examples": len(train.input_ids),
+                                                                 "validation_examples": len(val.input_ids) if val else 0})
         print(f"dataset: {info['format']}, {len(train.input_ids)} training and {len(val.input_ids) if val else 0} "
               f"validation examples, {info['tokens']} tokens, {info['problem_count']} rows skipped", flush=True)
         model = build_model(config, tokenizer)
@@ -252,7 +286,7 @@ def run(folder: str) -> int:
         callback = make_callback(run_files, config, stop_requested)
         trainer = Trainer(
             model=model,
-            args=training_arguments(config, run_files.checkpoints, val_set is not None),
+            args=training_arguments(config, run_files.checkpoints, val_set is not None, world),
             train_dataset=train_set,
             eval_dataset=val_set,
             data_collator=make_collator(tokenizer.pad_token_id),
@@ -263,19 +297,28 @@ def run(folder: str) -> int:
         trainer.remove_callback(PrinterCallback)  # our callback prints one line per step
         resume_from = run_files.last_checkpoint()
         state = run_files.read_state()
-        if resume_from is None and val_set is not None and "perplexity_before" not in state:
+        measure = resume_from is None and val_set is not None and "perplexity_before" not in state
+        if any_rank(measure):  # evaluation is collective: every rank measures or none
             ppl = evaluate_perplexity(trainer, val_set)
+            # accelerate marks a model prepared for evaluation as prepared for good, and train() would then
+            # skip wrapping it in DistributedDataParallel: each rank would train alone, gradients never averaged
+            trainer.model._is_accelerate_prepared = False
             run_files.update_state(perplexity_before=ppl)
             print(f"validation perplexity before training: {ppl:.3f}", flush=True)
         if resume_from:
             print(f"resuming from {os.path.basename(resume_from)}", flush=True)
         run_files.update_state(trainable_parameters=trainable, total_parameters=total)
+        if world > 1:
+            print(f"rank {rank()} of {world}: per-process batch {trainer.args.per_device_train_batch_size} x "
+                  f"accumulation {trainer.args.gradient_accumulation_steps}", flush=True)
         trainer.train(resume_from_checkpoint=resume_from)
         if callback.cancelled:
             run_files.update_state(status=CANCELLED, finished=time.time(), peak_rss=peak_rss_bytes())
             print("cancelled; the last checkpoint is kept, resume to go on", flush=True)
             return 0
         ppl_after = evaluate_perplexity(trainer, val_set)
+        if not main:
+            return 0
         output = save_result(config, run_files, trainer.model, tokenizer, template)
         run_files.update_state(status=COMPLETED, finished=time.time(), output=output, perplexity_after=ppl_after,
                                early_stopped=callback.early_stopped, peak_rss=peak_rss_bytes())
@@ -289,7 +332,8 @@ def run(folder: str) -> int:
         return 1
     finally:
         try:
-            os.unlink(run_files.cancel_flag)
+            if main:
+                os.unlink(run_files.cancel_flag)
         except FileNotFoundError:
             pass
 

@@ -100,7 +100,8 @@ def preview_markdown(info: dict) -> str:
 FORM_FIELDS = ("name", "method", "base_model", "dataset", "validation_file", "validation_fraction", "lora_rank",
                "lora_alpha", "lora_dropout", "target_modules", "tokenizer", "n_layer", "n_head", "n_embd",
                "output_model", "learning_rate", "scheduler", "warmup_steps", "epochs", "max_steps", "batch_size",
-               "grad_accum", "cutoff_len", "overlap", "eval_every", "save_every", "early_stopping_patience", "seed")
+               "grad_accum", "cutoff_len", "overlap", "eval_every", "save_every", "early_stopping_patience", "seed",
+               "processes")
 _TYPES = {f.name: f.type for f in fields(TrainConfig)}
 
 
@@ -179,6 +180,7 @@ def _form_layout() -> dict:
             f["save_every"] = _number("save_every", "Save every N steps")
             f["early_stopping_patience"] = _number("early_stopping_patience", "Early stopping patience", "0 = off")
             f["seed"] = _number("seed", "Seed")
+            f["processes"] = _number("processes", "Processes", "data parallel; same global batch")
     return f
 
 
