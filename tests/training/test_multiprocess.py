@@ -5,7 +5,7 @@ per-process batch, the memory estimate that counts every process, and the exact 
 for another machine. Slow (real LoRA runs on the sample model, 2 processes on CPU with gloo):
 the loss curve matches a 1-process run with the same global batch and seed, one writer of
 metrics and checkpoints, kill -9 of the launcher ends every rank and the run resumes from its
-checkpoint, Cancel ends every rank.
+checkpoint, Cancel ends every rank; a from-scratch GPT trains on 2 processes too.
 """
 
 from __future__ import annotations
@@ -239,3 +239,28 @@ def test_cancel_ends_every_rank_with_a_checkpoint(service):
     stopped = int(checkpoint.rsplit("-", 1)[1])
     assert [r["step"] for r in rows(service, "cancelled")][-1] == stopped
     assert not os.path.exists(run.cancel_flag)
+
+
+def test_the_training_tab_passes_processes():
+    from workbench.ui.training_tab import FORM_FIELDS, config_from_values
+
+    values = dict(zip(FORM_FIELDS, [None] * len(FORM_FIELDS)))
+    values.update(TrainConfig(**BASE).to_dict(), processes=2.0, target_modules="q_proj")
+    config = config_from_values([values[k] for k in FORM_FIELDS])
+    assert FORM_FIELDS[-1] == "processes" and config.processes == 2  # last: older API callers may leave it out
+    with pytest.raises(Exception, match="Processes must be a whole number"):
+        config_from_values([{**values, "processes": 1.5}[k] for k in FORM_FIELDS])
+
+
+def test_a_scratch_gpt_trains_on_two_processes(service):
+    config = TrainConfig(name="scratch2", method="scratch", dataset="story.txt", cutoff_len=64, overlap=16, n_layer=2,
+                         n_head=2, n_embd=64, max_steps=20, batch_size=4, learning_rate=3e-3, save_every=10,
+                         validation_fraction=0.2, processes=2, output_model="tiny-gpt-2p")
+    service.start(config)
+    status = service.wait("scratch2", 600)
+    assert status.status == "completed", f"{status.error}\n{service.log_tail('scratch2', 60)}"
+    curve = [r["loss"] for r in rows(service, "scratch2")]
+    assert len(curve) == 20 and sum(curve[-5:]) / 5 < sum(curve[:5]) / 5 - 1.0
+    assert status.perplexity_after < status.perplexity_before
+    assert os.path.isfile(os.path.join(status.output, "config.json"))
+    assert "rank 0 of 2: per-process batch 2 x accumulation 1" in service.log_tail("scratch2", 200)
