@@ -264,3 +264,10 @@ def test_a_scratch_gpt_trains_on_two_processes(service):
     assert status.perplexity_after < status.perplexity_before
     assert os.path.isfile(os.path.join(status.output, "config.json"))
     assert "rank 0 of 2: per-process batch 2 x accumulation 1" in service.log_tail("scratch2", 200)
+
+
+def test_a_failing_run_on_two_processes_says_why(service):
+    service.start(lora("bad2", processes=2, target_modules=["nonexistent_proj"]))
+    status = service.wait("bad2", 300)
+    assert status.status == "failed" and "no module named nonexistent_proj" in status.error
+    assert wait_gone(service.run_files("bad2").folder) == []
