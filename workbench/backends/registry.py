@@ -160,7 +160,8 @@ GPTQ_PLAN = PlanStrategy("torch", runtime=597 * MiB, weights_as_stored=True, deq
 
 _LLAMA_OPTIONS = frozenset({"n_gpu_layers", "n_batch", "use_mmap", "use_mlock", "flash_attn", "cache_type", "rpc_servers",
                             "parallel", "draft_tokens"})
-_TORCH_OPTIONS = frozenset({"n_batch", "dtype", "device", "max_vram_gib", "offload_folder", "parallel"})
+_TORCH_OPTIONS = frozenset({"n_batch", "dtype", "device", "max_vram_gib", "offload_folder", "parallel",
+                            "draft_tokens"})
 
 BUILTIN = (
     BackendSpec(

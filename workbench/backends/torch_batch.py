@@ -37,6 +37,9 @@ class TorchSlot:
     busy: bool = False
     constraint: object | None = None              # torch_grammar.JsonConstraint when the reply must be JSON
     scored: list = field(default_factory=list)    # (token, logprob, alternatives) per sampled token, not yet taken
+    draft_n: int = 0                              # prompt-lookup draft length (0 = off)
+    drafted: int = 0                              # draft tokens proposed / accepted, for the stats
+    accepted: int = 0
 
 
 class TorchBatchEngine:
@@ -57,7 +60,7 @@ class TorchBatchEngine:
 
         slot = self.slots[seq]
         slot.busy, slot.params, slot.seen, slot.scored = True, params, list(prompt), []
-        slot.constraint = None
+        slot.constraint, slot.draft_n, slot.drafted, slot.accepted = None, draft_n, 0, 0
         if params.json_schema is not None:
             from .torch_grammar import GrammarTokenizer, JsonConstraint
 
@@ -85,10 +88,13 @@ class TorchBatchEngine:
         return token, keep
 
     def step(self, seqs: list[int]) -> dict[int, list[int]]:
-        """One forward pass for every slot in `seqs`: each slot's last token in, its next token out."""
+        """One forward pass for every slot in `seqs`: each slot's last token in, its next token out
+        (a stream alone with drafting on also checks its drafted tokens in that pass)."""
         import torch
         from transformers import DynamicCache
 
+        if len(seqs) == 1 and self.slots[seqs[0]].draft_n:
+            return self._drafted_step(self.slots[seqs[0]])
         slots = [self.slots[s] for s in seqs]
         longest = max(len(s.ids) for s in slots)
         cache = DynamicCache()
@@ -141,6 +147,41 @@ class TorchBatchEngine:
         from .transformers_backend import IncrementalDetokenizer
 
         return IncrementalDetokenizer(self.tokenizer)
+
+    def _drafted_step(self, slot: TorchSlot) -> dict[int, list[int]]:
+        """Prompt-lookup speculative decoding for one stream: feed its last token and the tokens that
+        followed the same three tokens earlier, score them all in one forward pass, and sample at each
+        position in order while the samples match the draft. The text is what it would be without
+        drafting (the sampler sees the same logits in the same order); the cache keeps only what was
+        accepted."""
+        import torch
+        from transformers import DynamicCache
+
+        from .llama_batch import lookup_draft
+
+        draft = lookup_draft(slot.ids + [slot.last], slot.draft_n)[:max(0, self.n_ctx - len(slot.ids) - 2)]
+        feed = [slot.last, *draft]
+        cache = DynamicCache()
+        for i, (keys, values) in enumerate(slot.layers):
+            cache.update(keys, values, i)
+        positions = torch.arange(len(slot.ids), len(slot.ids) + len(feed), device=self.device).unsqueeze(0)
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([feed], device=self.device), position_ids=positions,
+                             past_key_values=cache, use_cache=True, logits_to_keep=len(feed))
+        logits = out.logits[0].float().cpu()
+        made = []
+        for j in range(len(feed)):
+            token = self._sample(slot, logits[j])
+            made.append(token)
+            if j + 1 < len(feed) and token != feed[j + 1]:
+                break  # the draft went wrong here: `token` is the right next one
+        slot.drafted += len(feed) - 1
+        slot.accepted += len(made) - 1
+        keep = len(slot.ids) + len(made)  # the fed tokens up to the last accepted one
+        slot.layers = [(layer.keys[:, :, :keep], layer.values[:, :, :keep]) for layer in cache.layers]
+        slot.ids.extend(feed[:len(made)])
+        slot.last = made[-1]
+        return {slot.seq: made}
 
     # --- helpers -------------------------------------------------------------------
     def _cache_of(self, slot: TorchSlot, keep: int):
