@@ -83,7 +83,7 @@ def test_the_command_for_the_other_machine(tmp_path):
     commands = other_node_commands(config, folder, root="/srv/wb")
     assert commands == [
         f"WORKBENCH_ROOT=/srv/wb python -m torch.distributed.run --nnodes 2 --node-rank 1 --nproc-per-node 2 "
-        f"--master-addr 10.0.0.5 --master-port 29500 --max-restarts 0 --shutdown-timeout 60 "
+        f"--master-addr 10.0.0.5 --master-port 29500 --max-restarts 0 "
         f"-m workbench.training.runner {shlex.quote(folder)}"]
     assert "--node-rank 0" in node_command(config, folder, 0)
     assert other_node_commands(TrainConfig(**BASE, processes=2), folder) == []  # one machine: nothing to print

@@ -24,7 +24,6 @@ import sys
 from .config import TrainConfig
 
 PR_SET_PDEATHSIG = 1
-SHUTDOWN_TIMEOUT_S = 60  # how long a SIGTERMed launcher gives its ranks to save a checkpoint
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -42,8 +41,7 @@ def torchrun_args(config: TrainConfig, folder: str, node_rank: int | None = None
     else:
         host, port = "127.0.0.1", port or free_port()
     return ["--nnodes", str(config.nnodes), "--node-rank", str(node_rank), "--nproc-per-node", str(config.processes),
-            "--master-addr", host, "--master-port", str(port), "--max-restarts", "0",
-            "--shutdown-timeout", str(SHUTDOWN_TIMEOUT_S), "-m", "workbench.training.runner", folder]
+            "--master-addr", host, "--master-port", str(port), "--max-restarts", "0", "-m", "workbench.training.runner", folder]
 
 
 def node_command(config: TrainConfig, folder: str, node_rank: int, python: str = "python",
