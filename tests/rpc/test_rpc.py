@@ -124,3 +124,12 @@ def test_the_server_refuses_a_public_address_without_the_flag():
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "no authentication" in done.stderr and "SSH tunnel" in done.stderr
+
+
+def test_a_hardware_profile_names_its_rpc_servers():
+    from workbench.profiles import parse_profile
+
+    profile = parse_profile("two-hosts", 'load: {n_ctx: 2048, rpc_servers: "127.0.0.1:50052,10.0.0.2:50052"}\n')
+    assert profile.load["rpc_servers"] == "127.0.0.1:50052,10.0.0.2:50052"
+    with pytest.raises(Exception, match="profile 'bad': RPC server 'nohost' is not host:port"):
+        parse_profile("bad", 'load: {rpc_servers: "nohost"}\n')
