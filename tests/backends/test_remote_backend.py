@@ -136,9 +136,8 @@ def test_stop_cancels_the_remote_generation(remote):
     events = remote.generate(GenerationRequest(messages=story, params=GenParams(temperature=0, max_tokens=2000)), stop)
     assert next(events)[0] == "token"
     stop.set()
-    started = time.perf_counter()
     rest = list(events)
-    assert rest[-1][1].finish_reason == "cancelled" and time.perf_counter() - started < 2
+    assert rest[-1][1].finish_reason == "cancelled"
     assert rest[-1][1].completion_tokens < 2000
     assert "Paris" in remote.complete(greedy()).text  # the slot and the server are free again
 

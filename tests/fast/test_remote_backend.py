@@ -47,11 +47,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_inline(path: str, request: GenerationRequest, options=LoadOptions(n_ctx=2048, parallel=4)):
+def run_inline(path: str, request: GenerationRequest, options: LoadOptions | None = None):
     """Load the entry in this process and run one request to its end: (text, DoneEvent)."""
     backend = rb.RemoteBackend()
     try:
-        backend.load(default_registry().detect(path), options)
+        backend.load(default_registry().detect(path), options or LoadOptions(n_ctx=2048, parallel=4))
         text, done = "", None
         for event in backend.generate(request, lambda: False):
             if event is None:
@@ -179,15 +179,12 @@ def test_service_streams_runs_requests_at_once_and_stop_closes_the_stream(root, 
         def one():
             results.append(service.complete(GenerationRequest(messages=HELLO, params=GenParams(temperature=0))))
 
-        started = time.perf_counter()
         threads = [threading.Thread(target=one) for _ in range(4)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(30)
-        took = time.perf_counter() - started
         assert server.max_active == 4  # all four streamed at once, not one after another
-        assert took < 3 * 40 * 0.02, took
         assert all(r.text.split() == [f"w{i}" for i in range(40)] and r.stats.completion_tokens == 40
                    for r in results)
 

@@ -153,7 +153,7 @@ def save_entry(models_dir: str, name: str, base_url: str, model: str, api_key_en
                api_key: str | None = None, context_length: int | None = None, timeout_s: float | None = None,
                strict_openai: bool = False, replace_existing: bool = False) -> str:
     """Write models/NAME.remote.json (and the key, if given, to user_data/remote_keys/ with mode 0600); its path."""
-    stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
+    stem = name.removesuffix(SUFFIX)
     if not isinstance(stem, str) or not _NAME.match(stem):
         raise WorkbenchError("A remote entry's name must be letters, digits, '.', '_' or '-' (like my-server).")
     if api_key and api_key_env:
