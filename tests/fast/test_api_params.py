@@ -134,5 +134,5 @@ def test_embeddings(api, client):
     raw = httpx.post(api + "/v1/embeddings", json={"input": "Rome", "encoding_format": "base64"}).json()
     packed = base64.b64decode(raw["data"][0]["embedding"])
     assert [round(x, 5) for x in struct.unpack("<8f", packed)] == [round(x, 5) for x in vectors[2]]
-    bad = httpx.post(api + "/v1/embeddings", json={"input": [1, 2]})
+    bad = httpx.post(api + "/v1/embeddings", json={"input": [1, "two"]})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"

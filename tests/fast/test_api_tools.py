@@ -20,6 +20,8 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "description":
                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                                                           "required": ["city"]}}}]
 ASK = [{"role": "user", "content": "Weather in Paris?"}]
+TWO_CALLS = ("Let me look. " + CALL + '\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome", '
+             '"note": "a longer argument, so it streams in several pieces"}}\n</tool_call>')
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +30,7 @@ def api(tmp_path_factory):
     models = ModelService(Paths(str(root)), registry=fake_registry())
     models.load(write_fake_model(root / "models", reply="No tools here.", rules=[
         {"when": "22 C and sunny", "reply": "It is 22 C and sunny in Paris."},
+        {"when": "Paris and Rome", "reply": TWO_CALLS},
         {"when": "<tools>", "reply": "Let me look. " + CALL}]), options=LoadOptions(n_ctx=1024, parallel=2))
     with serving_api(models) as base:
         yield base
@@ -46,15 +49,47 @@ def test_a_tool_call_comes_back_whole_and_streamed_alike(client):
     (call,) = choice.message.tool_calls
     assert call.type == "function" and call.id.startswith("call_")
     assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
-    content, calls, finish = "", [], None
+    content, calls, finish = "", {}, None
     for chunk in client.chat.completions.create(model="m", messages=ASK, tools=TOOLS, stream=True):
         delta = chunk.choices[0].delta
         content += delta.content or ""
-        calls += delta.tool_calls or []
+        for piece in delta.tool_calls or []:
+            calls.setdefault(piece.index, "")
+            calls[piece.index] += piece.function.arguments or ""
         finish = chunk.choices[0].finish_reason or finish
     assert content.strip() == "Let me look." and finish == "tool_calls"
-    assert [(c.index, c.function.name, c.function.arguments) for c in calls] == [
-        (0, "get_weather", call.function.arguments)]
+    assert calls == {0: call.function.arguments}
+
+
+ASK_TWO = [{"role": "user", "content": "Weather in Paris and Rome?"}]
+
+
+def test_streamed_tool_calls_come_as_openai_sends_them(api, client):
+    """Per call: a first delta with index, id, type and name (arguments ""), then deltas with argument pieces
+    and the index only; the client's own stream accumulation gives the calls of the whole reply."""
+    whole = client.chat.completions.create(model="m", messages=ASK_TWO, tools=TOOLS).choices[0].message
+    assert [json.loads(c.function.arguments)["city"] for c in whole.tool_calls] == ["Paris", "Rome"]
+    with client.chat.completions.stream(model="m", messages=ASK_TWO, tools=TOOLS) as stream:
+        streamed = stream.get_final_completion().choices[0]
+    assert streamed.finish_reason == "tool_calls" and streamed.message.content.strip() == "Let me look."
+    assert [(c.type, c.function.name, c.function.arguments) for c in streamed.message.tool_calls] == \
+        [(c.type, c.function.name, c.function.arguments) for c in whole.tool_calls]
+    assert all(c.id.startswith("call_") for c in streamed.message.tool_calls)
+    assert len({c.id for c in streamed.message.tool_calls}) == 2
+
+    entries = []
+    with httpx.stream("POST", api + "/v1/chat/completions",
+                      json={"messages": ASK_TWO, "tools": TOOLS, "stream": True}) as raw:
+        for line in raw.iter_lines():
+            if line.startswith("data: {"):
+                entries += json.loads(line[6:])["choices"][0]["delta"].get("tool_calls", [])
+    for index in (0, 1):
+        first, *rest = [e for e in entries if e["index"] == index]
+        assert first["type"] == "function" and first["id"].startswith("call_")
+        assert first["function"] == {"name": "get_weather", "arguments": ""}
+        assert len(rest) >= 2 and all(set(e) == {"index", "function"} and set(e["function"]) == {"arguments"}
+                                      for e in rest)
+        assert "".join(e["function"]["arguments"] for e in rest) == whole.tool_calls[index].function.arguments
 
 
 def test_a_two_step_tool_conversation_round_trips(client):

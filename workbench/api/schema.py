@@ -178,15 +178,23 @@ def parse_completion_request(body: dict) -> ParsedRequest:
 MAX_EMBED_INPUTS = 256
 
 
-def parse_embedding_request(body: dict) -> tuple[list[str], str]:
-    """(the texts to embed, "float" or "base64") of an /v1/embeddings body."""
+def _token_ids(value) -> bool:
+    """Whether `value` is a non-empty list of token ids (OpenAI lets `input` and `prompt` be tokens)."""
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**31 for t in value)
+
+
+def parse_embedding_request(body: dict) -> tuple[list[str | list[int]], str]:
+    """(the texts to embed, each a string or a list of token ids; "float" or "base64") of an /v1/embeddings body.
+
+    `input` is, as in OpenAI's API, a text, a list of token ids, or a list of texts or token-id lists."""
     texts = body.get("input")
-    if isinstance(texts, str):
+    if isinstance(texts, str) or _token_ids(texts):
         texts = [texts]
     if not isinstance(texts, list) or not texts or len(texts) > MAX_EMBED_INPUTS \
-            or not all(isinstance(t, str) and t for t in texts):
-        raise ApiError(f"'input' must be a non-empty text or a list of up to {MAX_EMBED_INPUTS} non-empty texts.",
-                       "input")
+            or not all((isinstance(t, str) and t) or _token_ids(t) for t in texts):
+        raise ApiError(f"'input' must be a non-empty text, a list of token ids, or a list of up to "
+                       f"{MAX_EMBED_INPUTS} non-empty texts or token-id lists.", "input")
     total = sum(len(t) for t in texts)
     if total > MAX_PROMPT_CHARS:
         raise ApiError(f"'input' holds {total:,} characters; the limit is {MAX_PROMPT_CHARS:,}.", "input")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import math
 import time
 import uuid
 from dataclasses import replace
@@ -122,8 +123,10 @@ def build_api(models: ModelService, api_key: str | None = None, cors_origins: li
     @app.exception_handler(WorkbenchError)
     async def on_workbench_error(request: Request, e: WorkbenchError):
         if isinstance(e, ContextLengthExceeded):
+            path = request.url.path
             return error_response(400, shown(e), "invalid_request_error", "context_length_exceeded",
-                                  "messages" if request.url.path.endswith("chat/completions") else "prompt")
+                                  "messages" if path.endswith("chat/completions")
+                                  else "input" if path.endswith("embeddings") else "prompt")
         status, kind = _status_for(e)
         return error_response(status, shown(e), kind)
 
@@ -194,7 +197,7 @@ def build_api(models: ModelService, api_key: str | None = None, cors_origins: li
         if name is None:
             raise NoModelLoaded("No model is loaded; load one in the Model tab or start with --model.")
         vectors, tokens = models.embed(texts)
-        data = [{"object": "embedding", "index": i, "embedding": _encode_vector(v, encoding)}
+        data = [{"object": "embedding", "index": i, "embedding": _encode_vector(_unit_length(v), encoding)}
                 for i, v in enumerate(vectors)]
         return {"object": "list", "data": data, "model": name,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
@@ -211,6 +214,7 @@ def build_api(models: ModelService, api_key: str | None = None, cors_origins: li
             raise NoModelLoaded("No model is loaded; load one in the Model tab or start with --model.")
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
+        fingerprint = _fingerprint(models.loaded())
         events = merged(models, choice_requests(gen, parsed.n))
         if parsed.stream:
             # Take the first event before answering, so errors (no model, bad prompt) get a status code.
@@ -219,7 +223,7 @@ def build_api(models: ModelService, api_key: str | None = None, cors_origins: li
             except StopAsyncIteration:
                 first = None
             return ClosingStreamingResponse(
-                _sse(first, events, rid, created, name, chat, parsed, offered, shown),
+                _sse(first, events, rid, created, name, chat, parsed, offered, shown, fingerprint),
                 media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         choices = [Choice() for _ in range(parsed.n)]
 
@@ -253,7 +257,8 @@ def build_api(models: ModelService, api_key: str | None = None, cors_origins: li
                              "logprobs": completion_logprobs(c.logprobs) if parsed.params.logprobs is not None
                              else None})
         return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
-                "model": name, "choices": wire, "usage": _usage([c.stats for c in choices])}
+                "model": name, "system_fingerprint": fingerprint, "choices": wire,
+                "usage": _usage([c.stats for c in choices])}
 
     return app
 
@@ -268,10 +273,31 @@ def _bounded_int(digits: str) -> int:
     return int(digits)
 
 
-def _wire_call(call: ToolCall, index: int | None = None) -> dict:
-    wire = {"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
+def _wire_call(call: ToolCall) -> dict:
+    return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
             "function": {"name": call.name, "arguments": call.arguments}}
-    return wire if index is None else {"index": index, **wire}
+
+
+ARGUMENT_PIECE_CHARS = 16  # a streamed call's arguments go out in pieces of this many characters
+
+
+def _streamed_calls(calls: list[ToolCall]) -> list[dict]:
+    """Tool calls as OpenAI streams them, one `delta.tool_calls` entry per chunk: for each call a first entry
+    with index, id, type and name (arguments ""), then entries with only the index and a piece of the arguments.
+    Accumulating the pieces by index gives the same calls as a whole reply."""
+    entries = []
+    for index, call in enumerate(calls):
+        entries.append({"index": index, "id": "call_" + uuid.uuid4().hex[:24], "type": "function",
+                        "function": {"name": call.name, "arguments": ""}})
+        entries += [{"index": index, "function": {"arguments": call.arguments[i:i + ARGUMENT_PIECE_CHARS]}}
+                    for i in range(0, len(call.arguments), ARGUMENT_PIECE_CHARS)]
+    return entries
+
+
+def _unit_length(vector: list[float]) -> list[float]:
+    """`vector` scaled to length 1, as OpenAI's embeddings are (cosine similarity is then a dot product)."""
+    norm = math.sqrt(math.fsum(x * x for x in vector))
+    return [x / norm for x in vector] if norm > 0 else vector
 
 
 def _encode_vector(vector: list[float], encoding: str):
@@ -288,10 +314,22 @@ def _finish(stats: GenerationStats) -> str:
 
 
 def _usage(stats: list[GenerationStats]) -> dict:
-    """Usage over a request's choices: the prompt counts once, every choice's tokens count."""
+    """Usage over a request's choices: the prompt counts once, every choice's tokens count;
+    `prompt_tokens_details.cached_tokens` is the prompt reused from the KV cache (as OpenAI's prompt caching)."""
     prompt = max(s.prompt_tokens for s in stats)
     completion = sum(s.completion_tokens for s in stats)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": min(max(s.cached_tokens for s in stats), prompt)}}
+
+
+def _fingerprint(loaded) -> str | None:
+    """OpenAI's `system_fingerprint`: changes when the model, its backend or its load options change."""
+    if loaded is None:
+        return None
+    import hashlib
+
+    what = f"{loaded.name}|{loaded.backend}|{loaded.path}|{loaded.options!r}"
+    return "fp_" + hashlib.sha256(what.encode()).hexdigest()[:10]
 
 
 DISCONNECT_POLL_S = 0.25
@@ -318,11 +356,13 @@ class ClosingStreamingResponse(StreamingResponse):
 
 
 async def _sse(first: ChoiceEvent | None, events: AsyncIterator[ChoiceEvent], rid: str, created: int, model: str,
-               chat: bool, parsed, offered: list[dict] = (), shown=str) -> AsyncIterator[str]:
+               chat: bool, parsed, offered: list[dict] = (), shown=str,
+               fingerprint: str | None = None) -> AsyncIterator[str]:
     """Server-Sent Events in OpenAI's chunk format, ending with `data: [DONE]`; closing it ends the generations.
 
-    With tools offered, text that may be a tool call is held back; at the end of a choice its calls
-    go out as one `tool_calls` delta (each call whole: id, name and arguments) and finish_reason tool_calls.
+    With tools offered, text that may be a tool call is held back; at the end of a choice its calls go
+    out as OpenAI streams them (per call a delta with index, id, type and name, then deltas with pieces
+    of its arguments) and finish_reason tool_calls.
     """
     obj = "chat.completion.chunk" if chat else "text_completion"
     wants_logprobs = parsed.params.logprobs is not None
@@ -330,11 +370,11 @@ async def _sse(first: ChoiceEvent | None, events: AsyncIterator[ChoiceEvent], ri
     tool_streams = [ToolCallStream() for _ in range(parsed.n)] if offered else None
 
     def chunk(index: int, text: str | None, finish: str | None, logprobs: list[dict] | None = None,
-              role: bool = False, calls: list[ToolCall] = ()) -> str:
+              role: bool = False, call: dict | None = None) -> str:
         if chat:
             delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
-            if calls:
-                delta["tool_calls"] = [_wire_call(call, k) for k, call in enumerate(calls)]
+            if call:
+                delta["tool_calls"] = [call]
             choice = {"index": index, "delta": delta, "finish_reason": finish}
             if wants_logprobs:
                 choice["logprobs"] = chat_logprobs(logprobs) if logprobs else None
@@ -343,7 +383,8 @@ async def _sse(first: ChoiceEvent | None, events: AsyncIterator[ChoiceEvent], ri
                       "logprobs": completion_logprobs(logprobs, offsets[index]) if logprobs else None}
             offsets[index] += len(text or "")
         return "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": model,
-                                      "choices": [choice]}, separators=(",", ":")) + "\n\n"
+                                      "system_fingerprint": fingerprint, "choices": [choice]},
+                                     separators=(",", ":")) + "\n\n"
 
     if chat:
         for index in range(parsed.n):
@@ -362,15 +403,17 @@ async def _sse(first: ChoiceEvent | None, events: AsyncIterator[ChoiceEvent], ri
                     calls = calls if parsed.tools is None or parsed.tools.parallel else calls[:1]
                     if rest:
                         yield chunk(event.index, rest, None)
+                    for entry in _streamed_calls(calls):
+                        yield chunk(event.index, None, None, call=entry)
                     if calls:
-                        yield chunk(event.index, None, None, calls=calls)
                         finish = "tool_calls"
                 yield chunk(event.index, None, finish)
                 ended.append(event.stats)
             event = await anext(events, None)
         if parsed.include_usage and ended:
             yield "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": model,
-                                         "choices": [], "usage": _usage(ended)}) + "\n\n"
+                                         "system_fingerprint": fingerprint, "choices": [],
+                                         "usage": _usage(ended)}) + "\n\n"
     except WorkbenchError as e:
         yield "data: " + json.dumps({"error": {"message": shown(e), "type": "server_error", "param": None,
                                                "code": None}}) + "\n\n"

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Iterator
 
 from ..detect import Detection
-from ..errors import WorkbenchError
+from ..errors import GenerationError, WorkbenchError
 from ..options import GenerationRequest, LoadOptions
 
 
@@ -90,8 +90,11 @@ class Backend(ABC):
     def prompt_tokens(self, request: GenerationRequest) -> list[int]:
         """Token ids the request's prompt becomes (chat-templated when it has messages)."""
 
-    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
-        """(one embedding per text, tokens read): the model's pooled hidden state for each text."""
+    def embed(self, texts: list[str | list[int]]) -> tuple[list[list[float]], int]:
+        """(one embedding per text, tokens read): the model's pooled hidden state for each text
+        (a text may come as token ids: check them with check_token_ids).
+
+        A text longer than the embedding context raises ContextLengthExceeded (too_long_to_embed)."""
         raise WorkbenchError(f"The {self.name} backend cannot make embeddings; load a GGUF or Transformers model.")
 
     def score_window(self, ids: list[int]) -> float:
@@ -100,3 +103,18 @@ class Backend(ABC):
 
     def unload(self) -> None:
         """Drop the model (the worker process ends right after, returning its memory)."""
+
+
+def check_token_ids(index: int, ids: list[int], vocab: int) -> list[int]:
+    """`ids` (an input given as token ids, as OpenAI's API allows) if each is a token of a `vocab`-token model."""
+    bad = next((t for t in ids if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise GenerationError(f"input[{index}] holds token id {bad}, which is not in this model's vocabulary "
+                              f"(0 to {vocab - 1}).")
+    return ids
+
+
+def too_long_to_embed(index: int, tokens: int, limit: int) -> str:
+    """The error for a text to embed that does not fit the embedding context (it is refused, not cut)."""
+    return (f"input[{index}] is too large to embed: it has {tokens:,} tokens and the embedding context "
+            f"holds {limit:,}; shorten or split it.")

@@ -36,7 +36,7 @@ from ..errors import ContextLengthExceeded, GenerationError, LoadError
 from ..options import GenerationRequest, LoadOptions
 from ..plan import MiB, PlanStrategy
 from ..stop_strings import StopMatcher
-from .base import Backend, DoneEvent, ModelInfo, TokenEvent
+from .base import Backend, DoneEvent, ModelInfo, TokenEvent, check_token_ids, too_long_to_embed
 from .registry import COMMON_OPTIONS, BackendSpec, Capabilities
 
 FORMAT = "fake"
@@ -168,10 +168,17 @@ class FakeBackend(Backend):
                 yield TokenEvent(tail)
         yield DoneEvent(reason, len(ids), made, cached)
 
-    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
-        """8 numbers per text from its crc32 (same text, same vector), and its piece count as tokens."""
-        vectors = [[((zlib.crc32(t.encode()) >> (4 * i)) & 15) / 15 for i in range(8)] for t in texts]
-        return vectors, sum(len(pieces(t)) for t in texts)
+    def embed(self, texts: list[str | list[int]]) -> tuple[list[list[float]], int]:
+        """8 numbers per text from its crc32 (same text, same vector), and its piece count as tokens;
+        token ids count one each and hash as their decimal numbers."""
+        counts = [len(pieces(t)) if isinstance(t, str) else len(check_token_ids(i, t, VOCAB))
+                  for i, t in enumerate(texts)]
+        for i, n in enumerate(counts):
+            if n > self.n_ctx:
+                raise ContextLengthExceeded(too_long_to_embed(i, n, self.n_ctx))
+        keys = [t if isinstance(t, str) else " ".join(map(str, t)) for t in texts]
+        vectors = [[((zlib.crc32(k.encode()) >> (4 * i)) & 15) / 15 for i in range(8)] for k in keys]
+        return vectors, sum(counts)
 
     def score_window(self, ids: list[int]) -> float:
         return 2.0 * (len(ids) - 1)  # every token costs 2 nats: perplexity e^2

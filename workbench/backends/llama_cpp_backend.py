@@ -13,9 +13,9 @@ import os
 
 from ..chat_template import prompt_text
 from ..detect import Detection
-from ..errors import GenerationError, LoadError, WorkbenchError, brief
+from ..errors import ContextLengthExceeded, GenerationError, LoadError, WorkbenchError, brief
 from ..options import GenerationRequest, LoadOptions
-from .base import Backend, ModelInfo, physical_cores
+from .base import Backend, ModelInfo, check_token_ids, physical_cores, too_long_to_embed
 from .llama_batch import LlamaBatchEngine
 
 # llama.cpp ggml type ids for the KV cache.
@@ -89,7 +89,7 @@ def _construct(llama_cpp, n_seq_max: int, **kwargs):
         lib.llama_context_default_params = original_params
 
 
-EMBED_CTX = 2048  # tokens per text in the embedding context (longer texts are cut)
+EMBED_CTX = 2048  # tokens per text in the embedding context (longer texts are refused)
 
 
 class LlamaCppBackend(Backend):
@@ -189,9 +189,10 @@ class LlamaCppBackend(Backend):
         """The scheduler runs every generation through this (continuous batching)."""
         return self.engine
 
-    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+    def embed(self, texts: list[str | list[int]]) -> tuple[list[list[float]], int]:
         """Mean-pooled embeddings from a second llama.cpp context made for them (on first use; the
-        weights are the same mapped file, so it costs a context, not another copy of the model)."""
+        weights are the same mapped file, so it costs a context, not another copy of the model).
+        Token ids are embedded as the text they decode to (llama-cpp-python embeds text)."""
         import llama_cpp
 
         if self.embedder is None:
@@ -203,11 +204,15 @@ class LlamaCppBackend(Backend):
                                                 pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN, verbose=False)
             except (ValueError, RuntimeError, OSError) as e:
                 raise GenerationError(f"llama.cpp could not open an embedding context ({brief(e)}).") from e
-        vectors, tokens = [], 0
-        for text in texts:  # one at a time: a text longer than the context is cut to it (truncate)
-            vectors.append([float(x) for x in self.embedder.embed(text, truncate=True)])
-            tokens += min(len(self.embedder.tokenize(text.encode(), add_bos=True)), self.embedder.n_ctx())
-        return vectors, tokens
+        texts = [t if isinstance(t, str) else self.llm.detokenize(check_token_ids(i, t, self.llm.n_vocab()),
+                                                                     special=True).decode("utf-8", errors="replace")
+                 for i, t in enumerate(texts)]
+        counts = [len(self.embedder.tokenize(text.encode(), add_bos=True)) for text in texts]
+        for i, n in enumerate(counts):  # refused whole, as OpenAI does, rather than cut
+            if n > self.embedder.n_ctx():
+                raise ContextLengthExceeded(too_long_to_embed(i, n, self.embedder.n_ctx()))
+        vectors = [[float(x) for x in self.embedder.embed(text, truncate=True)] for text in texts]  # one at a time
+        return vectors, sum(counts)
 
     def score_window(self, ids: list[int]) -> float:
         """Evaluate the window batch by batch with logits for every position."""

@@ -18,7 +18,7 @@ from ..chat_template import prompt_text
 from ..detect import GGUF, Detection
 from ..errors import ContextLengthExceeded, GenerationError, LoadError, WorkbenchError, brief
 from ..options import GenerationRequest, LoadOptions
-from .base import Backend, DoneEvent, ModelInfo, TokenEvent, physical_cores
+from .base import Backend, DoneEvent, ModelInfo, TokenEvent, check_token_ids, physical_cores, too_long_to_embed
 from .decode_loop import common_prefix, run_decode
 
 
@@ -317,14 +317,18 @@ class TransformersBackend(Backend):
             raise GenerationError(f"{self.name} failed while generating ({brief(e)}); try a shorter prompt or reload.") from e
         yield DoneEvent(reason, len(prompt), n, cached)
 
-    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
-        """Mean of the last hidden state over each text's tokens (the model's own, no extra head)."""
+    def embed(self, texts: list[str | list[int]]) -> tuple[list[list[float]], int]:
+        """Mean of the last hidden state over each text's tokens (the model's own, no extra head); token ids as given."""
         import torch
 
         vectors, tokens = [], 0
         with torch.inference_mode():
-            for text in texts:
-                ids = self.tokenize(text)[: self.n_ctx] or [self._eos_or_zero()]
+            for i, text in enumerate(texts):
+                ids = (self.tokenize(text) if isinstance(text, str)
+                       else check_token_ids(i, text, self.model.get_input_embeddings().num_embeddings)) \
+                    or [self._eos_or_zero()]
+                if len(ids) > self.n_ctx:  # refused whole, as OpenAI does, rather than cut
+                    raise ContextLengthExceeded(too_long_to_embed(i, len(ids), self.n_ctx))
                 out = self.model(input_ids=torch.tensor([ids], device=self._input_device()), output_hidden_states=True,
                                  use_cache=False, logits_to_keep=1)
                 vectors.append(out.hidden_states[-1][0].float().mean(0).cpu().tolist())

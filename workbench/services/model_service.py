@@ -270,8 +270,8 @@ class ModelService:
     def tokenize(self, text: str) -> list[int]:
         return self._require_worker().tokenize(text)
 
-    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
-        """(one embedding per text, tokens read) from the loaded model."""
+    def embed(self, texts: list[str | list[int]]) -> tuple[list[list[float]], int]:
+        """(one embedding per text, or per list of token ids, and the tokens read) from the loaded model."""
         reply = self._require_worker().embed(texts)
         return reply["data"], reply["tokens"]
 
