@@ -133,7 +133,15 @@ def test_make_a_transformers_copy_of_the_gguf_from_the_tab(tmp_path, sample_gguf
     app = App(root=root)
     try:
         client = Client(app.url, verbose=False)
-        base, tokenizer = client.predict("SmolLM2-135M-Instruct.Q4_1.gguf", api_name="/make_transformers_copy")
+        job = client.submit("SmolLM2-135M-Instruct.Q4_1.gguf", api_name="/make_transformers_copy")
+        fractions = []
+        while not job.done():
+            for unit in job.status().progress_data or []:
+                if unit.progress is not None and unit.progress not in fractions:
+                    fractions.append(unit.progress)  # the dequantizing bar, as a fraction
+            time.sleep(0.05)
+        base, tokenizer = job.result()
+        assert len(fractions) >= 3 and max(fractions) > 0.5, fractions
         assert base["value"] == "SmolLM2-135M-Instruct.Q4_1-transformers"  # selected as the base model
         assert (root / "models" / base["value"] / "config.json").is_file()
         with pytest.raises(Exception, match="already exists"):

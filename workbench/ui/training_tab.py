@@ -320,7 +320,8 @@ def build_training_tab(training: TrainingService, models: ModelService, jobs: Jo
     @shows_errors
     def on_make_copy(name, progress=gr.Progress()):
         spec = models.transformers_copy_job(name)
-        result = jobs.run(spec, lambda message: progress(None, desc=message[:120]))
+        result = jobs.run(spec, lambda message: progress(None, desc=message[:120]),
+                          on_fraction=lambda done, message: progress(done, desc=message[:120]))
         names, made = models.model_names(), os.path.basename(result.output)
         gr.Info(f"Made models/{made}.")
         return gr.update(choices=names, value=made), gr.update(choices=["byte"] + names)
@@ -336,7 +337,8 @@ def build_training_tab(training: TrainingService, models: ModelService, jobs: Jo
     @shows_errors
     def on_export(name, kind, out_name, progress=gr.Progress()):
         spec = training.export_job(name, kind, out_name)
-        result = jobs.run(spec, lambda message: progress(None, desc=message[:120]))
+        result = jobs.run(spec, lambda message: progress(None, desc=message[:120]),
+                          on_fraction=lambda done, message: progress(done, desc=message[:120]))
         return f"Exported to `models/{os.path.basename(result.output)}`; it is in the Model tab's list."
 
     @shows_errors
