@@ -125,6 +125,18 @@ def parse_tool_calls(text: str, tools: list[dict]) -> tuple[str, list[ToolCall]]
     return text, []
 
 
+_CUT_CALL = re.compile(r'\s*\{\s*"name"\s*:\s*"([A-Za-z0-9_-]{1,64})"\s*,\s*"arguments"\s*:\s*', re.S)
+
+
+def cut_call(text: str, tools: list[dict]) -> ToolCall | None:
+    """The call a reply constrained to one call (tool_choice required or named) began before max_tokens cut it:
+    its name and the arguments so far (not valid JSON), as OpenAI returns a call cut by the token budget."""
+    match = _CUT_CALL.match(text)
+    if match is None or match.group(1) not in tool_names(tools):
+        return None
+    return ToolCall(match.group(1), text[match.end():].rstrip())
+
+
 class ToolCallStream:
     """Splits a streamed reply into content to send now and text held back because it may be a tool call."""
 

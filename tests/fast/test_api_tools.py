@@ -31,6 +31,7 @@ def api(tmp_path_factory):
     models.load(write_fake_model(root / "models", reply="No tools here.", rules=[
         {"when": "22 C and sunny", "reply": "It is 22 C and sunny in Paris."},
         {"when": "Paris and Rome", "reply": TWO_CALLS},
+        {"when": "Weather, briefly", "reply": '{"name": "get_weather", "arguments": {"city": "Paris, the capital"}}'},
         {"when": "<tools>", "reply": "Let me look. " + CALL}]), options=LoadOptions(n_ctx=1024, parallel=2))
     with serving_api(models) as base:
         yield base
@@ -126,3 +127,29 @@ def test_bad_tool_call_messages_are_400s(api):
                   "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]
     raw = httpx.post(api + "/v1/chat/completions", json={"messages": bad})
     assert raw.status_code == 400 and raw.json()["error"]["param"] == "messages"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_required_call_cut_by_max_tokens_is_a_cut_call_with_finish_length(client, stream):
+    """As OpenAI: the call comes back (name, the arguments so far), not as content; finish_reason length."""
+    ask = dict(model="m", messages=[{"role": "user", "content": "Weather, briefly"}], tools=TOOLS,
+               tool_choice="required", max_tokens=4)
+    if stream:  # (the client's .stream() helper refuses a reply cut by length, so accumulate by hand)
+        content, name, arguments, finish = "", "", "", None
+        for chunk in client.chat.completions.create(**ask, stream=True):
+            delta = chunk.choices[0].delta
+            content += delta.content or ""
+            for piece in delta.tool_calls or []:
+                name += piece.function.name or ""
+                arguments += piece.function.arguments or ""
+            finish = chunk.choices[0].finish_reason or finish
+    else:
+        choice = client.chat.completions.create(**ask).choices[0]
+        (call,) = choice.message.tool_calls
+        content, name, arguments, finish = (choice.message.content, call.function.name, call.function.arguments,
+                                            choice.finish_reason)
+    assert finish == "length" and not content
+    assert (name, arguments) == ("get_weather", '{"city":')
+    whole = client.chat.completions.create(**{**ask, "max_tokens": 50}).choices[0]
+    assert whole.finish_reason == "tool_calls"
+    assert json.loads(whole.message.tool_calls[0].function.arguments) == {"city": "Paris, the capital"}

@@ -32,7 +32,7 @@ from ..model_values import GenerationStats
 from ..paths import public_text
 from ..options import GenerationRequest
 from ..services.model_service import ModelService
-from ..tool_calls import ToolCall, ToolCallStream, calls_schema, parse_tool_calls
+from ..tool_calls import ToolCall, ToolCallStream, calls_schema, cut_call, parse_tool_calls
 from .choices import Choice, ChoiceEvent, chat_logprobs, choice_requests, completion_logprobs, merged
 from .schema import ApiError, parse_chat_request, parse_completion_request, parse_embedding_request
 
@@ -246,12 +246,16 @@ def build_api(models: ModelService, api_key: str | None = None, cors_origins: li
             if chat:
                 content, calls = parse_tool_calls(c.text, offered) if offered else (c.text, [])
                 calls = calls if parsed.tools is None or parsed.tools.parallel else calls[:1]
+                finish = "tool_calls" if calls else _finish(c.stats)
+                cut = _cut_forced_call(parsed, c.text, offered, finish) if not calls else None
+                if cut:
+                    content, calls = "", [cut]
                 message = {"role": "assistant", "content": content or (None if calls else "")}
                 if calls:
                     message["tool_calls"] = [_wire_call(call) for call in calls]
                 wire.append({"index": i, "message": message,
                              "logprobs": chat_logprobs(c.logprobs) if parsed.params.logprobs is not None else None,
-                             "finish_reason": "tool_calls" if calls else _finish(c.stats)})
+                             "finish_reason": finish})
             else:
                 wire.append({"index": i, "text": c.text, "finish_reason": _finish(c.stats),
                              "logprobs": completion_logprobs(c.logprobs) if parsed.params.logprobs is not None
@@ -271,6 +275,14 @@ def _bounded_int(digits: str) -> int:
     if len(digits.lstrip("-")) > MAX_INT_DIGITS:
         raise ApiError(f"A number in the request has more than {MAX_INT_DIGITS} digits.")
     return int(digits)
+
+
+def _cut_forced_call(parsed, text: str, offered: list[dict], finish: str) -> ToolCall | None:
+    """A required (or named) call that max_tokens cut before it parsed: sent as a call with the arguments so
+    far and finish_reason length, as OpenAI does, not as content."""
+    if finish != "length" or parsed.tools is None or not parsed.tools.forced():
+        return None
+    return cut_call(text, offered)
 
 
 def _wire_call(call: ToolCall) -> dict:
@@ -401,11 +413,15 @@ async def _sse(first: ChoiceEvent | None, events: AsyncIterator[ChoiceEvent], ri
                 if tool_streams:
                     rest, calls = tool_streams[event.index].finish(offered)
                     calls = calls if parsed.tools is None or parsed.tools.parallel else calls[:1]
+                    cut = _cut_forced_call(parsed, tool_streams[event.index].text, offered, finish) \
+                        if not calls else None
+                    if cut:
+                        rest, calls = "", [cut]
                     if rest:
                         yield chunk(event.index, rest, None)
                     for entry in _streamed_calls(calls):
                         yield chunk(event.index, None, None, call=entry)
-                    if calls:
+                    if calls and not cut:
                         finish = "tool_calls"
                 yield chunk(event.index, None, finish)
                 ended.append(event.stats)
