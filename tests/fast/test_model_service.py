@@ -157,10 +157,12 @@ def test_stop_ends_only_its_own_generation_among_four(root, service):
 
 
 def test_more_requests_than_slots_wait_in_arrival_order(root, service):
-    loaded = service.load(write_fake_model(root / "models", reply="{last_user} done", token_delay_s=0.02),
+    # Each reply takes 0.3 s and all six arrive within 0.15 s (30 ms apart, so a busy machine does not
+    # reorder their arrival): four of them must wait.
+    loaded = service.load(write_fake_model(root / "models", reply="{last_user} done", token_delay_s=0.1),
                           options=LoadOptions(n_ctx=512, parallel=2))
     assert loaded.plan.parallel == 2
-    results, threads = _run_together(service, "abcdef", {}, delay=0.01)
+    results, threads = _run_together(service, "abcdef", {}, delay=0.03)
     for t in threads:
         t.join(30)
     assert {n: results[n].text for n in "abcdef"} == {n: f"request {n} done" for n in "abcdef"}
