@@ -120,7 +120,11 @@ def test_unload_ends_a_load_that_hangs_and_the_next_load_works(root, service):
 
     thread = threading.Thread(target=load)
     thread.start()
-    time.sleep(1.0)  # the worker is loading
+    deadline = time.monotonic() + 60
+    while not service.is_loading():  # the worker has started and is loading
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.05)
+    time.sleep(0.5)
     started = time.monotonic()
     service.unload()
     thread.join(15)

@@ -302,6 +302,10 @@ class ModelService:
         """The loaded model, or None."""
         return self._loaded
 
+    def is_loading(self) -> bool:
+        """True while a worker is loading a model (Unload ends it)."""
+        return self._loading is not None
+
     def loaded_name(self) -> str | None:
         loaded = self._loaded
         return loaded.name if loaded else None
