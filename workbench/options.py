@@ -61,7 +61,7 @@ class LoadOptions:
     rpc_servers: str = _opt("", "llama.cpp RPC servers (host:port,...) that hold part of the layers; "
                                 "start each with `python -m workbench rpc-server`")
     weight_budget: dict | None = _opt(None, "set by the planner: weight bytes per device for placement")
-    tensor_split: tuple | None = _opt(None, "set by the planner: layers per offload device (GPUs, then RPC servers)")
+    tensor_split: tuple | None = _opt(None, "set by the planner: layers per offload device (RPC servers, then GPUs)")
 
     def validate(self) -> "LoadOptions":
         if self.n_ctx != 0 and self.n_ctx < 16:

@@ -108,7 +108,7 @@ class MemoryPlan:
     max_n_ctx: int | None = None  # the largest context that fits, when the chosen one does not
     notes: list[str] = field(default_factory=list)
     parallel: int = 1             # sequences generated at once, each with a KV cache of n_ctx tokens
-    tensor_split: tuple[int, ...] | None = None  # gguf layout: layers per offload device (first GPU, RPC servers)
+    tensor_split: tuple[int, ...] | None = None  # gguf layout: layers per offload device (RPC servers, first GPU)
 
     @property
     def fits(self) -> bool:
@@ -213,10 +213,10 @@ def _plan_gguf(detection: Detection, options: LoadOptions, hw: Hardware, n_ctx: 
     cap, source = _ram_cap(options, hw)
     cpu = DevicePlan("cpu", cap=cap, cap_source=source, runtime=strategy.runtime)
     vocab_buffers = GGUF_PER_VOCAB * (detection.vocab_size or 32000)
-    gpus = _gpu_caps(options, hw)[:1]  # the first local GPU, then each RPC server, take offloaded layers
+    gpus = _gpu_caps(options, hw)[:1]  # each RPC server, then the first local GPU, take offloaded layers
     contexts = [g.runtime for g in gpus]
     rpc = [DevicePlan(f"rpc:{r.endpoint}", cap=r.free_bytes, cap_source="free") for r in hw.rpc]
-    offload = gpus + rpc
+    offload = rpc + gpus  # llama.cpp's device order: RPC servers first (fewer network hops), then GPUs
     plan = MemoryPlan(backend, n_ctx, 0, n_layers, devices=[cpu], parallel=slots)
 
     def place(n_gpu: int) -> None:

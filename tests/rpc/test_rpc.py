@@ -56,11 +56,18 @@ def rpc_servers():
                 except OSError:
                     assert time.monotonic() < deadline, "the rpc-server did not start"
                     time.sleep(0.2)
-        yield ",".join(f"127.0.0.1:{p}" for p in ports)
+        yield ",".join(f"127.0.0.1:{p}" for p in ports), procs
     finally:
         for p in procs:
             p.kill()
             p.wait()
+
+
+def _cpu_seconds(proc: subprocess.Popen) -> float:
+    import psutil
+
+    times = psutil.Process(proc.pid).cpu_times()
+    return times.user + times.system
 
 
 def _greedy(service: ModelService) -> str:
@@ -71,14 +78,18 @@ def _greedy(service: ModelService) -> str:
 def test_two_rpc_servers_hold_the_layers_and_answer_as_the_local_model(sample_gguf, rpc_servers, tmp_path):
     service = ModelService(Paths(str(tmp_path)))
     try:
+        endpoints, procs = rpc_servers
         service.load(sample_gguf, options=LoadOptions(n_ctx=1024, parallel=1))
         local = _greedy(service)
-        loaded = service.load(sample_gguf, options=LoadOptions(n_ctx=1024, parallel=1, rpc_servers=rpc_servers))
+        loaded = service.load(sample_gguf, options=LoadOptions(n_ctx=1024, parallel=1, rpc_servers=endpoints))
         rpc = [d for d in loaded.plan.devices if d.device.startswith("rpc:")]
-        assert [d.device for d in rpc] == [f"rpc:{e}" for e in rpc_servers.split(",")]
+        assert [d.device for d in rpc] == [f"rpc:{e}" for e in endpoints.split(",")]
         assert all(d.layers > 0 for d in rpc) and sum(d.layers for d in rpc) == 30
         assert loaded.device == "cpu+rpc" and loaded.details["tensor_split"] == [float(d.layers) for d in rpc]
+        busy_before = [_cpu_seconds(p) for p in procs]
         assert _greedy(service) == local
+        # the servers computed their layers (a load that silently stayed local would also answer the same)
+        assert all(_cpu_seconds(p) - b > 0.05 for p, b in zip(procs, busy_before))
     finally:
         service.close()
 

@@ -20,8 +20,18 @@ def _libs() -> tuple[ctypes.CDLL, ctypes.CDLL]:
     import llama_cpp  # loads the package's libggml and libggml-base first
 
     folder = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
-    ggml = ctypes.CDLL(os.path.join(folder, "libggml.so"))
-    base = ctypes.CDLL(os.path.join(folder, "libggml-base.so"))
+
+    def same_copy_as_libllama(name: str) -> ctypes.CDLL:
+        # A wheel stores libggml.so and libggml.so.0 as two files, and the loader keeps two copies with
+        # two device registries: open the one libllama was linked against (its soname), or RPC servers
+        # registered here would be invisible to llama.cpp.
+        for candidate in (f"{name}.0", name):
+            if os.path.exists(os.path.join(folder, candidate)):
+                return ctypes.CDLL(os.path.join(folder, candidate))
+        raise OSError(f"{name} is not in {folder}")
+
+    ggml = same_copy_as_libllama("libggml.so")
+    base = same_copy_as_libllama("libggml-base.so")
     vp, sz = ctypes.c_void_p, ctypes.c_size_t
     for lib, name, args, res in (
         (ggml, "ggml_backend_load_all", [], None),

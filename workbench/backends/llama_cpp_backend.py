@@ -32,7 +32,8 @@ def gpu_offload_supported() -> bool:
 
 def _rpc_tensor_split(options: LoadOptions, n_local_gpus: int) -> list[float] | None:
     """Registers the load's RPC servers in this (worker) process and returns llama.cpp's tensor split
-    for the plan: layers per device, local GPUs first (the plan uses the first), then each server."""
+    for the plan: layers per device in llama.cpp's order, each server first, then the local GPUs (the
+    plan uses the first)."""
     from ..rpc import check_reachable, parse_endpoints
     from .ggml_devices import add_rpc_servers
 
@@ -43,8 +44,8 @@ def _rpc_tensor_split(options: LoadOptions, n_local_gpus: int) -> list[float] | 
     planned = list(options.tensor_split or ())
     if not any(planned):
         return None
-    local, remote = planned[: len(planned) - len(endpoints)], planned[len(planned) - len(endpoints):]
-    return [float(n) for n in (local + [0] * n_local_gpus)[:n_local_gpus] + remote]
+    remote, local = planned[:len(endpoints)], planned[len(endpoints):]
+    return [float(n) for n in remote + (local + [0] * n_local_gpus)[:n_local_gpus]]
 
 
 class _UnusedChatFormatter:
