@@ -228,6 +228,7 @@ class ModelWorker:
         self._channels: dict[int, _Channel] = {}
         self._lock = threading.Lock()  # guards _channels and sends (in arrival order)
         self._dead: str | None = None
+        self._stop_lock, self._stopped = threading.Lock(), False
         self._reader = threading.Thread(target=self._read, name="worker-reader", daemon=True)
         self._reader.start()
 
@@ -395,15 +396,24 @@ class ModelWorker:
         self._cancel(None)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """End the process (and free its memory); kill it if it does not exit in time."""
-        if self._process.is_alive():
-            with self._lock:
-                try:
-                    self._conn.send(("shutdown",))
-                except (OSError, BrokenPipeError):
-                    pass
-            self._process.join(timeout)
+        """End the process (and free its memory); kill it if it does not exit in time. Safe to call from
+        two threads at once (Unload while the load itself gives up): the pipe is closed once, after the
+        reader thread has seen its end, so its file descriptor cannot be closed again after the number
+        was reused by the next worker's pipe."""
+        with self._stop_lock:
+            if self._stopped:
+                return
             if self._process.is_alive():
-                self._process.kill()
-                self._process.join(5)
-        self._conn.close()
+                with self._lock:
+                    try:
+                        self._conn.send(("shutdown",))
+                    except (OSError, BrokenPipeError):
+                        pass
+                self._process.join(timeout)
+                if self._process.is_alive():
+                    self._process.kill()
+                    self._process.join(5)
+            if threading.current_thread() is not self._reader:
+                self._reader.join(5)  # it reads EOF now that the child is gone
+            self._conn.close()
+            self._stopped = True
