@@ -174,3 +174,51 @@ def test_errors_are_one_sentence_and_the_app_keeps_running(second, local_root):
         assert service.loaded() is None
     finally:
         service.close()
+
+
+LLAMA_SERVER = os.environ.get("LLAMA_SERVER") or os.path.expanduser("~/.cache/model-workbench/llama-server/bin/llama-server")
+
+
+@pytest.mark.skipif(not os.access(LLAMA_SERVER, os.X_OK),
+                    reason="llama.cpp's llama-server is not built (../shared/bench/build-llama-server.sh DIR, then "
+                           "LLAMA_SERVER=DIR/bin/llama-server)")
+def test_a_remote_entry_for_llama_server_answers_as_llama_server_does(sample_gguf, tmp_path):
+    from openai import OpenAI
+
+    port = free_port()
+    proc = subprocess.Popen([LLAMA_SERVER, "-m", sample_gguf, "--port", str(port), "--host", "127.0.0.1", "-c", "2048",
+                             "-np", "2", "-t", "2", "--no-webui"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "LD_LIBRARY_PATH": os.path.dirname(LLAMA_SERVER)})
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                assert time.time() < deadline and proc.poll() is None, "llama-server did not start"
+                time.sleep(0.3)
+        base = f"http://127.0.0.1:{port}/v1"
+        client = OpenAI(base_url=base, api_key="none", max_retries=0)
+        expected = client.chat.completions.create(model="any", messages=CAPITAL_QUESTION, temperature=0,
+                                                  max_tokens=TOKENS).choices[0].message.content
+        for sub in ("models", "presets", "user_data"):
+            (tmp_path / sub).mkdir()
+        model_id = client.models.list().data[0].id
+        path = rb.save_entry(str(tmp_path / "models"), "llama-server", base, model_id)
+        service = ModelService(Paths(str(tmp_path)))
+        try:
+            service.load(path, options=LoadOptions(parallel=2))
+            assert service.complete(greedy()).text == expected
+            stop = threading.Event()
+            story = [{"role": "user", "content": "Write a long story about a lighthouse keeper and the sea."}]
+            events = service.generate(GenerationRequest(messages=story, params=GenParams(temperature=0, max_tokens=2000)),
+                                      stop)
+            assert next(events)[0] == "token"
+            stop.set()
+            assert list(events)[-1][1].finish_reason == "cancelled"
+        finally:
+            service.close()
+    finally:
+        proc.terminate()
+        proc.wait(15)
