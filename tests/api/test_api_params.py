@@ -181,11 +181,14 @@ def test_required_and_named_tool_calls_parse_and_a_two_step_conversation_round_t
     (call,) = choice.message.tool_calls
     args = json.loads(call.function.arguments)
     assert call.function.name in ("get_weather", "get_time") and isinstance(args["city"], str)
-    streamed = [c for chunk in client.chat.completions.create(
-        model="m", messages=ask, tools=TOOLS, tool_choice="required", temperature=0, max_tokens=100, stream=True)
-        if chunk.choices for c in chunk.choices[0].delta.tool_calls or ()]
-    assert [(c.function.name, c.function.arguments) for c in streamed] == [(call.function.name,
-                                                                           call.function.arguments)]
+    streamed: dict[int, list] = {}  # as OpenAI streams a call: id and name first, then argument pieces
+    for chunk in client.chat.completions.create(model="m", messages=ask, tools=TOOLS, tool_choice="required",
+                                                temperature=0, max_tokens=100, stream=True):
+        for c in (chunk.choices[0].delta.tool_calls or ()) if chunk.choices else ():
+            name, pieces = streamed.setdefault(c.index, [None, ""])
+            streamed[c.index] = [name or (c.function.name if c.function else None),
+                                 pieces + ((c.function.arguments or "") if c.function else "")]
+    assert list(streamed.values()) == [[call.function.name, call.function.arguments]]
     named = client.chat.completions.create(model="m", messages=ask, tools=TOOLS, temperature=0.8, seed=2,
                                            tool_choice={"type": "function", "function": {"name": "get_time"}},
                                            max_tokens=100)
