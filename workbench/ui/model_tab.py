@@ -127,7 +127,7 @@ def build_model_tab(models: ModelService, profiles: ProfileStore, defaults: Load
                 remote_name = gr.Textbox(label="Name", placeholder="my-server", scale=1)
                 remote_url = gr.Textbox(label="Base URL", placeholder="http://192.168.1.20:8000/v1", scale=2)
                 remote_model = gr.Textbox(label="Model on that server", placeholder="its /v1/models id", scale=2)
-                remote_key = gr.Textbox(label="API key (saved in user_data/, never shown again)", type="password",
+                remote_key = gr.Textbox(label="That server's key (saved in user_data/, never shown again)", type="password",
                                         scale=2)
                 add_remote = gr.Button("Add remote server", scale=1)
         plan_button = gr.Button("Show plan", visible=False)  # the plan as an API endpoint
