@@ -145,18 +145,21 @@ LLAMA_PLAN = PlanStrategy("gguf", runtime=62 * MiB, context_past_model=True, cud
 # Measured on tiny models of six architectures (bench/arch_models.py) and the sample: torch and
 # transformers imported take 253 MiB, loading and a first prompt add 150 MiB beside one copy of the
 # weights. transformers' GGUF loader also reads the file and holds dequantized copies while loading.
-# The probe (runtime_probe.py) measured 341 MiB for these imports where 253 + 150 MiB were calibrated.
+# The probe (runtime_probe.py) measured 351 MiB for these imports (and torch_warmup's first tensor
+# operations) where 253 + 150 MiB were calibrated; GPTQ's 509 MiB.
 _TORCH_PROBE = ("torch", "transformers", "transformers.modeling_utils", "workbench.worker")
 TRANSFORMERS_PLAN = PlanStrategy("torch", runtime=253 * MiB, load_overhead=150 * MiB, gguf_dequant_per_param=1.0,
                                  cuda_host_runtime=1468 * MiB,
-                                 probe_imports=_TORCH_PROBE + ("workbench.backends.transformers_backend",),
-                                 probe_reference=341 * MiB)
+                                 probe_imports=_TORCH_PROBE + ("workbench.backends.transformers_backend",
+                                                               "workbench.backends.torch_warmup"),
+                                 probe_reference=351 * MiB)
 # GPTQModel, torchao and their kernels on top of torch; the CPU kernel keeps 1.28 bytes per
 # quantized parameter dequantized.
 GPTQ_PLAN = PlanStrategy("torch", runtime=597 * MiB, weights_as_stored=True, dequant_per_param=1.28, unties_head=True,
                          cuda_host_runtime=1468 * MiB,  # torch's CUDA libraries, as Transformers (not measured apart)
-                         probe_imports=_TORCH_PROBE + ("gptqmodel", "workbench.backends.gptq_backend"),
-                         probe_reference=497 * MiB)
+                         probe_imports=_TORCH_PROBE + ("gptqmodel", "workbench.backends.gptq_backend",
+                                                       "workbench.backends.torch_warmup"),
+                         probe_reference=509 * MiB)
 
 _LLAMA_OPTIONS = frozenset({"n_gpu_layers", "n_batch", "use_mmap", "use_mlock", "flash_attn", "cache_type", "rpc_servers",
                             "parallel", "draft_tokens"})
