@@ -19,6 +19,7 @@ import time
 import psutil
 import pytest
 
+from tests.training.test_runs import wait_for_step
 from workbench.paths import Paths
 from workbench.services.training_service import TrainingService
 from workbench.training.config import TrainConfig, TrainConfigError
@@ -160,17 +161,6 @@ def wait_gone(folder: str, timeout: float = 30) -> list:
     while rank_processes(folder) and time.time() < deadline:
         time.sleep(0.3)
     return rank_processes(folder)
-
-
-def wait_for_step(service, name: str, step: int, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = service.status(name)
-        assert status.status == "running", f"{status.status}: {status.error}\n{service.log_tail(name)}"
-        if status.step >= step:
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"run {name} did not reach step {step}:\n{service.log_tail(name)}")
 
 
 def test_two_processes_follow_the_loss_curve_of_one(service):
