@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 MAX_PERPLEXITY_CHARS = 2_000_000
 
 
+def _stopped_while_loading(path: str) -> LoadError:
+    return LoadError(f"Loading {os.path.basename(path)} was stopped (Unload, or another load started).")
+
+
 class ModelService:
     def __init__(self, paths: Paths, slot: str = "main", registry: Registry | None = None):
         self.paths = paths
@@ -169,14 +173,12 @@ class ModelService:
                 if not stopped:
                     self._loading = None
             if stopped:
-                raise LoadError(f"Loading {os.path.basename(detection.path)} was stopped (Unload, or another "
-                                "load started).") from e
+                raise _stopped_while_loading(detection.path) from e
             raise
         with self._lock:
             if self._loading is not worker:  # stopped just as it finished
                 worker.stop()
-                raise LoadError(f"Loading {os.path.basename(detection.path)} was stopped (Unload, or another "
-                                "load started).")
+                raise _stopped_while_loading(detection.path)
             self._loading = None
             self._worker = worker
             self._loaded = LoadedModel(
