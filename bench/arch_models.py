@@ -22,6 +22,9 @@ ARCHITECTURES = {
     "mistral": ("MistralConfig", dict(vocab_size=50_000, sliding_window=1024)),
     "phi3": ("Phi3Config", dict(vocab_size=50_000)),
     "gemma2": ("Gemma2Config", dict(vocab_size=64_000, head_dim=32, tie_word_embeddings=True)),
+    # Gemma 3's converter cuts the embedding to the tokenizer's size: the sample's vocabulary exactly.
+    "gemma3": ("Gemma3TextConfig", dict(vocab_size=49_152, head_dim=32, tie_word_embeddings=True,
+                                        sliding_window=256)),
     "mixtral": ("MixtralConfig", dict(vocab_size=50_000, num_local_experts=4, num_experts_per_tok=2,
                                       intermediate_size=384)),
     "qwen2_moe": ("Qwen2MoeConfig", dict(vocab_size=50_000, num_experts=4, num_experts_per_tok=2,

@@ -1,6 +1,7 @@
-"""The memory plan holds for other architectures than the sample's: tiny random-weight models of six
+"""The memory plan holds for other architectures than the sample's: tiny random-weight models of eight
 architectures (bench/arch_models.py, built offline) load in a worker, answer a prompt that fills most of
-the context, and their peak RSS is within 10% of the plan (Transformers form, bf16 on disk)."""
+the context, and their peak RSS is within 10% of the plan: the Transformers form (bf16 on disk) and the
+GGUF form (Q8_0) and the GPTQ form (4-bit) of each."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from workbench.options import GenerationRequest, GenParams, LoadOptions
 from workbench.paths import Paths
 from workbench.services.model_service import ModelService
 
-ARCHITECTURES = ("qwen2", "mistral", "phi3", "gemma2", "mixtral", "qwen2_moe", "llama_152k")  # bench/arch_models.py's
+ARCHITECTURES = ("qwen2", "mistral", "phi3", "gemma2", "gemma3", "mixtral", "qwen2_moe",
+                 "llama_152k")  # bench/arch_models.py's
 CONVERTER = os.path.join(ROOT, ".venv", "share", "llama.cpp-convert", "convert_hf_to_gguf.py")
 
 pytestmark = pytest.mark.slow
@@ -50,30 +52,29 @@ def test_transformers_plan_is_within_ten_percent_of_the_measured_peak(models_dir
     _within_ten_percent(models_dir[arch], tmp_path, arch)
 
 
-# GGUF forms made with llama.cpp's own converter. Qwen2, Phi-3 and Gemma 2 do not convert with the
-# sample's tokenizer (llama.cpp wants their own pre-tokenizer or a sentencepiece model), so the GGUF
-# plan is checked on a 152k vocabulary, Mistral and two mixtures of experts (measured: +4.5% to +6.2%).
+# GGUF forms made with llama.cpp's own converter; bench/arch_gguf.py writes every architecture's
+# vocabulary from the sample's tokenizer, which the converter otherwise accepts for a Llama layout only.
 @pytest.mark.skipif(not os.path.isfile(CONVERTER), reason="llama.cpp's converter is not unpacked (./start.sh does it)")
-@pytest.mark.parametrize("arch", ["llama_152k", "mistral", "mixtral", "qwen2_moe"])
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_llama_cpp_plan_holds_for_other_architectures(models_dir, arch, tmp_path):
     gguf = str(tmp_path / f"{arch}.gguf")
-    subprocess.run([sys.executable, CONVERTER, models_dir[arch], "--outfile", gguf, "--outtype", "q8_0"],
+    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "arch_gguf.py"), models_dir[arch], gguf],
                    check=True, capture_output=True)
     _within_ten_percent(gguf, tmp_path, f"{arch} GGUF")
 
 
 @pytest.fixture(scope="module")
 def gptq_dir(models_dir, tmp_path_factory):
-    """GPTQ forms of a tied 152k-vocabulary model and an untied one (the workbench's own convert, ~1 min each)."""
+    """GPTQ forms of every architecture (the workbench's own convert, 8-14 s each)."""
     out = tmp_path_factory.mktemp("arch-gptq")
     made = {}
-    for arch in ("qwen2", "mistral"):
+    for arch in ARCHITECTURES:
         made[arch] = str(out / arch)
         subprocess.run([sys.executable, "-m", "workbench", "convert", models_dir[arch], "--to", "gptq", made[arch]],
                        check=True, capture_output=True, cwd=ROOT)
     return made
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "mistral"])
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_gptq_plan_is_within_ten_percent_of_the_measured_peak(gptq_dir, arch, tmp_path):
     _within_ten_percent(gptq_dir[arch], tmp_path, f"{arch} GPTQ")
