@@ -53,6 +53,7 @@ class Detection:
     weight_files: tuple[str, ...] = field(default_factory=tuple)
     pickle_weights: bool = False   # weights are pickle files (loaded with weights_only)
     tied_embeddings: bool | None = None  # the output head shares the embedding's weights (None: not said)
+    tokenizer_strings: int | None = None  # GGUF: tokens plus merges in its metadata (parsing them costs memory)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -152,6 +153,8 @@ def _detect_gguf(path: str) -> Detection:
         size_bytes=header.file_size,
         chat_template=md.get("tokenizer.chat_template"),
         weight_files=(os.path.basename(path),),
+        tokenizer_strings=(header.array_lengths.get("tokenizer.ggml.tokens", 0)
+                           + header.array_lengths.get("tokenizer.ggml.merges", 0)),
     )
 
 

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 
 from ..detect import GGUF, GPTQ, TRANSFORMERS, Detection, DetectionCache, detect as detect_files
 from ..errors import BackendUnavailable, WorkbenchError
-from ..plan import MiB, PlanStrategy
+from ..plan import GGUFDequantCost, MiB, PlanStrategy
+
+KiB = 2**10
 
 # Load options that apply to every backend (the rest are listed per spec).
 COMMON_OPTIONS = frozenset({"n_ctx", "n_threads", "max_ram_gib", "adapter", "weight_budget"})
@@ -144,11 +146,14 @@ def load_backend_class(class_path: str, requires: tuple[str, ...] = (), install_
 LLAMA_PLAN = PlanStrategy("gguf", runtime=62 * MiB, context_past_model=True, cuda_host_runtime=341 * MiB)
 # Measured on tiny models of six architectures (bench/arch_models.py) and the sample: torch and
 # transformers imported take 253 MiB, loading and a first prompt add 150 MiB beside one copy of the
-# weights. transformers' GGUF loader also reads the file and holds dequantized copies while loading.
+# weights. transformers' GGUF loader also parses the metadata and holds the file or dequantized copies
+# while loading (GGUFDequantCost; fitted with bench/arch_gguf.py's models, the sample and a 1.07B model).
 # The probe (runtime_probe.py) measured 351 MiB for these imports (and torch_warmup's first tensor
 # operations) where 253 + 150 MiB were calibrated; GPTQ's 509 MiB.
 _TORCH_PROBE = ("torch", "transformers", "transformers.modeling_utils", "workbench.worker")
-TRANSFORMERS_PLAN = PlanStrategy("torch", runtime=253 * MiB, load_overhead=150 * MiB, gguf_dequant_per_param=1.0,
+TRANSFORMERS_PLAN = PlanStrategy("torch", runtime=253 * MiB, load_overhead=150 * MiB,
+                                 gguf_dequant=GGUFDequantCost(per_tokenizer_string=2.25 * KiB,
+                                                              per_embedding_value=11, constant=-57 * MiB),
                                  cuda_host_runtime=1468 * MiB,
                                  probe_imports=_TORCH_PROBE + ("workbench.backends.transformers_backend",
                                                                "workbench.backends.torch_warmup"),
