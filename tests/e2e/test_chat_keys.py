@@ -214,3 +214,16 @@ def test_on_a_phone_the_memory_plan_is_readable(app, browser):
         assert fits["overflow"] <= 2 and fits["width"] >= 250, fits
     finally:
         context.close()
+
+
+def test_the_tab_bar_keeps_its_names_as_each_tab_is_opened(app, page):
+    """Selecting Training once showed Compare's button as a second, selected "Training"."""
+    open_app(page, app.url)
+    names = ["Chat", "Model", "Training", "Compare"]
+    shown = "() => Array.from(document.querySelectorAll('[role=tab]')).map(t => [t.textContent.trim(), t.getAttribute('aria-selected')])"
+    for name in ["Model", "Training", "Compare", "Chat", "Training"]:
+        page.get_by_role("tab", name=name).click()
+        expect(page.get_by_role("tab", name=name)).to_have_attribute("aria-selected", "true")
+        tabs = page.evaluate(shown)
+        assert [label for label, _ in tabs] == names, tabs
+        assert [label for label, selected in tabs if selected == "true"] == [name], tabs

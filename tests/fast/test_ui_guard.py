@@ -156,3 +156,19 @@ def test_ui_login_brute_force_is_throttled(app):
     assert refused.status_code == 429 and "try again" in refused.json()["detail"]
     with pytest.raises(Exception):
         Client(app.url, auth=LOGIN, verbose=False)
+
+
+def test_every_child_of_the_tab_bar_is_a_tab(session):
+    """A component placed between tabs (the Training form's BrowserState) took a tab's place in Gradio's
+    tab bar: selecting Training then showed Compare's button as a second "Training"."""
+    config = session.get("config").json()
+    types = {c["id"]: c["type"] for c in config["components"]}
+
+    def children_of_tabs(node):
+        if types.get(node["id"]) == "tabs":
+            yield [types[child["id"]] for child in node.get("children", [])]
+        for child in node.get("children", []):
+            yield from children_of_tabs(child)
+
+    bars = list(children_of_tabs(config["layout"]))
+    assert bars and all(kinds and set(kinds) == {"tabitem"} for kinds in bars), bars

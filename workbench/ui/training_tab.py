@@ -250,9 +250,11 @@ def build_training_tab(training: TrainingService, models: ModelService, jobs: Jo
                        load_defaults: LoadOptions) -> None:
     """The tab. Its lists (models, datasets, runs) fill in on `page` load: that also shows runs started
     since the app was built, and keeps names off the page shell, which is served before login."""
-    # The form as last typed, kept in this browser (localStorage), so a reload does not lose it.
-    saved_form = gr.BrowserState(None, storage_key="workbench-training-form")
     with gr.Tab("Training") as tab:
+        # The form as last typed, kept in this browser (localStorage), so a reload does not lose it. Inside
+        # the tab: a component placed between tabs took a tab's place in Gradio's tab bar (selecting
+        # Training then showed Compare's button as a second "Training").
+        saved_form = gr.BrowserState(None, storage_key="workbench-training-form")
         with gr.Row():
             with gr.Column(scale=3):
                 f = _form_layout()
