@@ -213,3 +213,27 @@ def test_a_saved_conversation_reopens_after_a_restart(loaded, page):
 
 # The Training tab's browser test (start a run, watch the loss plot move, re-attach after a page
 # reload) is in test_training_browser.py.
+
+
+NARROW_BLOCKS_JS = """() => Array.from(document.querySelectorAll('.block'))
+    .map(b => [b.getBoundingClientRect(), b.textContent.trim().slice(0, 40)])
+    .filter(([r]) => r.width > 0 && r.height > 0 && r.width < 100).map(([r, text]) => [Math.round(r.width), text])"""
+
+
+def test_on_a_phone_every_field_of_every_tab_is_wide_enough_to_read(running, browser):
+    """At 390 px the Model tab's Flash attention, mmap and mlock boxes shrank to 46 px (labels cut to
+    "Fl", "m"): Gradio lets a checkbox shrink to its box. The llama.cpp form shows those fields."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.set_default_timeout(90_000)
+    try:
+        open_app(page, running.url)
+        for tab in ("Chat", "Model", "Training", "Compare"):
+            page.get_by_role("tab", name=tab).click()
+            if tab == "Model":
+                expect(page.get_by_label("mmap")).to_be_visible()
+            page.wait_for_timeout(500)
+            assert page.evaluate(NARROW_BLOCKS_JS) == [], tab
+            screenshot(page, f"phone-{tab}")
+    finally:
+        context.close()

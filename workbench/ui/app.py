@@ -36,6 +36,10 @@ APP_CSS = """
   /* the memory plan: chart above the table, each the full width */
   #plan-row { flex-direction: column; }
   #plan-row > * { width: 100%; min-width: 100% !important; }
+  /* no field narrower than a readable label (Gradio lets checkboxes shrink to their box), and the
+     model's name gets the full width */
+  .form > .block { min-width: min(140px, 100%) !important; }
+  #model-name { min-width: 100% !important; }
 }
 /* the plan table is narrow; its notes wrap instead of needing a sideways scroll */
 #plan-text pre, #plan-text pre code { white-space: pre-wrap !important; overflow-wrap: anywhere; }
