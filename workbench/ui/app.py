@@ -21,7 +21,7 @@ from ..services.training_service import TrainingService
 from .chat_tab import build_chat_tab
 from .compare_tab import build_compare_tab
 from .model_tab import build_model_tab
-from .training_tab import build_training_tab
+from .training_tab import build_training_tab, training_form_store
 
 # Page-wide style, passed to launch() (Gradio 6 takes css there).
 APP_CSS = """
@@ -51,9 +51,10 @@ def build_app(models: ModelService, chat: ChatService, compare: CompareService, 
               training: TrainingService, jobs: JobService, loader: str = "auto") -> gr.Blocks:
     with gr.Blocks(title="Model Workbench") as app:
         gr.Markdown("## Model Workbench")
+        saved_training_form = training_form_store()
         with gr.Tabs():
             build_chat_tab(chat, presets, export_folder, app)
             build_model_tab(models, profiles, load_defaults, app, loader)
-            build_training_tab(training, models, jobs, app, load_defaults)
+            build_training_tab(training, models, jobs, app, load_defaults, saved_training_form)
             build_compare_tab(compare, app)
     return app

@@ -246,15 +246,21 @@ def datasets_update_of(training: TrainingService, value: str | None = None) -> t
             gr.update(choices=[""] + choices), gr.update(choices=choices))
 
 
+def training_form_store() -> gr.BrowserState:
+    """The Training form as last typed, kept in this browser (localStorage) so a reload does not lose it.
+
+    Made before the tabs, not in one: a component between tabs takes a tab's place in Gradio's tab bar
+    (selecting Training showed Compare's button as a second "Training"), and one inside the Training
+    tab is not there when the page loads (the tab renders when first opened), so nothing was restored.
+    """
+    return gr.BrowserState(None, storage_key="workbench-training-form")
+
+
 def build_training_tab(training: TrainingService, models: ModelService, jobs: JobService, page: gr.Blocks,
-                       load_defaults: LoadOptions) -> None:
+                       load_defaults: LoadOptions, saved_form: gr.BrowserState) -> None:
     """The tab. Its lists (models, datasets, runs) fill in on `page` load: that also shows runs started
     since the app was built, and keeps names off the page shell, which is served before login."""
     with gr.Tab("Training") as tab:
-        # The form as last typed, kept in this browser (localStorage), so a reload does not lose it. Inside
-        # the tab: a component placed between tabs took a tab's place in Gradio's tab bar (selecting
-        # Training then showed Compare's button as a second "Training").
-        saved_form = gr.BrowserState(None, storage_key="workbench-training-form")
         with gr.Row():
             with gr.Column(scale=3):
                 f = _form_layout()
