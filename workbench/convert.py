@@ -20,6 +20,7 @@ from typing import Callable
 from .detect import GGUF, TRANSFORMERS, detect
 from .engine_logging import quiet_engines
 from .errors import ConversionError, WorkbenchError, brief
+from .gguf_check import MIN_AGREEMENT, gguf_agreement, standalone_detail
 
 Progress = Callable[..., None]  # progress(message) or progress(message, fraction 0..1)
 
@@ -44,48 +45,19 @@ BUILTIN_CALIBRATION = [
 ]
 
 
-# The check of a GGUF -> Transformers copy: next-token choices over this text, compared with llama.cpp's.
-CHECK_TEXT = ("The capital of France is Paris. Water boils at 100 degrees Celsius at sea level. "
-              "User: What is the largest planet in our solar system?\nAssistant: Jupiter is the largest planet.")
-MIN_AGREEMENT = 0.75  # a faithful copy agrees at 90% or more (bf16 vs the quantized kernels); a broken one at 0-10%
-
-
-def next_token_agreement(gguf_path: str, model, token_ids: list[int]) -> float | None:
-    """Share of positions where `model` and llama.cpp running `gguf_path` pick the same next token
-    (None when llama-cpp-python is not installed, so the check cannot run)."""
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        return None
-    import numpy as np
-    import torch
-
-    llm = Llama(gguf_path, n_ctx=max(64, len(token_ids) + 8), logits_all=True, verbose=False,
-                n_threads=os.cpu_count() or 1)
-    try:
-        llm.eval(token_ids)
-        reference = np.asarray(llm.scores[: len(token_ids)])
-    finally:
-        llm.close()
-    with torch.no_grad():
-        logits = model(torch.tensor([token_ids])).logits[0].float().numpy()
-    vocab = min(reference.shape[-1], logits.shape[-1])
-    return float((reference[:, :vocab].argmax(-1) == logits[:, :vocab].argmax(-1)).mean())
-
-
 def check_copy(gguf_path: str, model, tokenizer, progress: Progress = print) -> None:
     """Refuse a Transformers copy whose next-token choices do not match the GGUF it came from."""
-    ids = tokenizer(CHECK_TEXT)["input_ids"][:64]
-    agreement = next_token_agreement(gguf_path, model, ids)
+    checked = gguf_agreement(gguf_path, model, tokenizer)
     name = os.path.basename(gguf_path)
-    if agreement is None:
+    if checked is None:
         progress("Not checked against the GGUF: llama-cpp-python is not installed.")
         return
-    progress(f"Checked against {name}: the copy picks the same next token at {agreement:.0%} of {len(ids)} positions.")
+    agreement, positions = checked
+    progress(f"Checked against {name}: the copy picks the same next token at {agreement:.0%} of {positions} positions.")
     if agreement < MIN_AGREEMENT:
         raise ConversionError(
             f"The Transformers copy of {name} does not match it (the same next token at only {agreement:.0%} of "
-            f"{len(ids)} positions, a faithful copy agrees at 90% or more), so it was not saved: transformers' GGUF "
+            f"{positions} positions, a faithful copy agrees at 90% or more), so it was not saved: transformers' GGUF "
             "loader does not convert this architecture correctly; use the GGUF with llama.cpp, or the model's "
             "original safetensors.")
 
@@ -136,9 +108,7 @@ def gguf_to_transformers(src: str, out: str, dtype: str = "bfloat16", progress: 
         raise
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        detail = brief(e)
-        if "above report" in detail or "see the log" in detail.lower():  # a message that points at a log we do not show
-            detail = f"transformers cannot read {detection.architecture or 'this'} GGUF models"
+        detail = standalone_detail(e, detection.architecture)
         raise ConversionError(f"Converting {os.path.basename(src)} to Transformers failed ({type(e).__name__}: "
                               f"{detail}); use the GGUF with llama.cpp instead.") from e
     result = _finish(tmp, out)

@@ -95,3 +95,22 @@ def gptq_dir(models_dir, tmp_path_factory):
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_gptq_plan_is_within_ten_percent_of_the_measured_peak(gptq_dir, arch, tmp_path):
     _within_ten_percent(gptq_dir[arch], tmp_path, f"{arch} GPTQ")
+
+
+def test_a_gguf_that_transformers_reads_wrongly_is_refused_in_words_that_stand_alone(gguf_files, tmp_path):
+    """transformers' GGUF loader built a Mixtral whose next tokens agreed with llama.cpp's 0-2% of the time
+    (loaded without a word), and failed on Qwen2-MoE with "For details look at the above report!"."""
+    from workbench.errors import WorkbenchError
+
+    service = ModelService(Paths(str(tmp_path)))
+    try:
+        with pytest.raises(WorkbenchError) as wrong:
+            service.load(gguf_files["mixtral"], "transformers", LoadOptions(n_ctx=512, parallel=1))
+        assert "does not match the model llama.cpp runs" in str(wrong.value) and "load it with llama.cpp" in str(wrong.value)
+        with pytest.raises(WorkbenchError) as failed:
+            service.load(gguf_files["qwen2_moe"], "transformers", LoadOptions(n_ctx=512, parallel=1))
+        assert "report" not in str(failed.value) and "cannot read qwen2moe GGUF models" in str(failed.value)
+        assert service.loaded() is None
+        service.load(gguf_files["mistral"], "transformers", LoadOptions(n_ctx=512, parallel=1))  # a faithful one loads
+    finally:
+        service.close()

@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 from ..chat_template import prompt_text
 from ..detect import GGUF, Detection
 from ..errors import ContextLengthExceeded, GenerationError, LoadError, WorkbenchError, brief
+from ..gguf_check import MIN_AGREEMENT, gguf_agreement, standalone_detail
 from ..options import GenerationRequest, LoadOptions
 from .base import Backend, DoneEvent, ModelInfo, TokenEvent, check_token_ids, physical_cores, too_long_to_embed
 from .decode_loop import common_prefix, run_decode
@@ -146,6 +147,19 @@ class TransformersBackend(Backend):
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False, **extra)
         return model, tokenizer
 
+    def _check_against_llama_cpp(self, detection: Detection) -> None:
+        """Refuse a GGUF that transformers' loader read into a different model than llama.cpp runs."""
+        checked = gguf_agreement(detection.path, self.model, self.tokenizer)
+        if checked is None or checked[0] >= MIN_AGREEMENT:
+            return
+        agreement, positions = checked
+        self.model = self.tokenizer = None
+        raise LoadError(
+            f"{os.path.basename(detection.path)} read by transformers does not match the model llama.cpp runs from "
+            f"it (the same next token at only {agreement:.0%} of {positions} positions; a faithful reading agrees at "
+            "90% or more): transformers' GGUF loader does not read this architecture correctly; load it with "
+            "llama.cpp.")
+
     def load(self, detection: Detection, options: LoadOptions) -> ModelInfo:
         import torch
 
@@ -162,7 +176,10 @@ class TransformersBackend(Backend):
                 "weights_only loader refused them; get a safetensors version of this model."
             ) from e
         except (OSError, ValueError, RuntimeError, KeyError, ImportError, TypeError) as e:
-            raise LoadError(f"{self.name} could not load {os.path.basename(detection.path)} ({brief(e)}).") from e
+            detail = standalone_detail(e, detection.architecture) if detection.format == GGUF else brief(e)
+            raise LoadError(f"{self.name} could not load {os.path.basename(detection.path)} ({detail}).") from e
+        if detection.format == GGUF:
+            self._check_against_llama_cpp(detection)
         if options.adapter:
             self.model = self.apply_adapter(options.adapter)
         self.model.eval()
