@@ -39,7 +39,7 @@ TORCH_ACT_FACTOR = 16             # activation bytes per (prompt-chunk token x h
 @dataclass(frozen=True)
 class GGUFDequantCost:
     """What transformers' GGUF loader holds while it loads, beside the loaded weights (measured on the
-    sample, a 1.07B-parameter model and tiny models of six architectures, within 4% of each peak).
+    sample, a 1.07B-parameter model and tiny models of five architectures, within 6% of each peak).
 
     It parses the file's metadata into Python objects (a cost per tokenizer string: tokens and merges),
     then holds the larger of two things: the file's pages, once every tensor has been read, or at the
