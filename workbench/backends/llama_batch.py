@@ -141,7 +141,10 @@ class LlamaBatchEngine:
     def step(self, seqs: list[int]) -> dict[int, list[int]]:
         """Feed each slot's last token (and its draft), decode once; the new tokens of each slot, in order."""
         rows, plans = [], {}
-        for seq in seqs:
+        # In sequence order: with a KV cache per sequence llama.cpp puts only consecutive, increasing
+        # sequence ids into one micro-batch, so rows in arrival order split a step into several passes
+        # over the weights (behind the API four streams then ran at single-stream speed).
+        for seq in sorted(seqs):
             slot = self.slots[seq]
             draft = lookup_draft(slot.ids + [slot.last], slot.draft_n)
             draft = draft[:max(0, self.n_ctx - len(slot.ids) - 2)]
