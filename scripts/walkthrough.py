@@ -21,7 +21,7 @@ sys.path.insert(0, ROOT)
 
 from tests.conftest import SAMPLE_NAME  # noqa: E402
 from tests.e2e.conftest import stop  # noqa: E402
-from tests.ui.test_webui import App  # noqa: E402
+from tests.ui.test_webui import App, scratch_root  # noqa: E402
 
 SIZES = {"desktop": dict(viewport={"width": 1400, "height": 900}),
          "phone": dict(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)}
@@ -56,10 +56,7 @@ def main() -> None:
 
     out = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "test-artifacts", "walkthrough"))
     os.makedirs(out, exist_ok=True)
-    root = pathlib.Path(tempfile.mkdtemp(prefix="walkthrough-"))
-    (root / "models").mkdir()
-    (root / "models" / SAMPLE_NAME).symlink_to(os.path.join(ROOT, "models", SAMPLE_NAME))
-    shutil.copytree(os.path.join(ROOT, "presets"), root / "presets", ignore=shutil.ignore_patterns("this-machine.yaml"))
+    root = scratch_root(pathlib.Path(tempfile.mkdtemp(prefix="walkthrough-")), os.path.join(ROOT, "models", SAMPLE_NAME))
     app = App("--model", SAMPLE_NAME, root=str(root))
     try:
         with sync_playwright() as playwright:

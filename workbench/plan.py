@@ -20,7 +20,7 @@ from .errors import WorkbenchError
 from .hardware import Hardware
 from .options import LoadOptions
 
-MiB, GiB = 2**20, 2**30
+KiB, MiB, GiB = 2**10, 2**20, 2**30
 KV_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 # Calibrated on the sample model (see module docstring). Each backend's own process size and
 # kernel constants are on its PlanStrategy (backends/registry.py).

@@ -23,9 +23,7 @@ from dataclasses import dataclass
 
 from ..detect import GGUF, GPTQ, TRANSFORMERS, Detection, DetectionCache, detect as detect_files
 from ..errors import BackendUnavailable, WorkbenchError
-from ..plan import GGUFDequantCost, MiB, PlanStrategy
-
-KiB = 2**10
+from ..plan import GGUFDequantCost, KiB, MiB, PlanStrategy
 
 # Load options that apply to every backend (the rest are listed per spec).
 COMMON_OPTIONS = frozenset({"n_ctx", "n_threads", "max_ram_gib", "adapter", "weight_budget"})
