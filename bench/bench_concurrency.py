@@ -171,11 +171,15 @@ def main() -> int:
     from tests.conftest import SAMPLE_GGUF, _derive
 
     kinds = ["workbench"] + (["llama-server"] if args.llama_server else [])
-    report = {}
+    patches = os.path.join(sys.prefix, ".llama-cpp-patches")
+    report = {"workbench_llama_cpp_patches": [line.split("./")[-1] for line in open(patches).read().splitlines()]
+              if os.path.exists(patches) else [],
+              "llama_server": "unpatched llama.cpp from the same source package" if args.llama_server else None}
     if "q4_1" in formats:
         report["gguf_q4_1 (the sample)"] = gguf_report(SAMPLE_GGUF, kinds, args.tokens, args.rounds, args.llama_server)
-    # Q4_1 has no batched (repacked) CPU kernel in llama.cpp, so a batch of two costs two single steps;
-    # Q4_0 has one. The same model requantized shows what batching and drafting do where the engine can.
+    # llama.cpp itself has no batched CPU kernel for Q4_1 (llama-server computes a batch of two as two
+    # single steps); the workbench compiles one (scripts/llama-cpp-patches). Q4_0 has one in both; the
+    # same model requantized shows batching and drafting where both engines have the kernel.
     if "q4_0" in formats:
         q4_0 = requantized(SAMPLE_GGUF, 2, os.path.join(os.path.dirname(_derive("transformers")), "sample-q4_0.gguf"))
         report["gguf_q4_0 (requantized)"] = gguf_report(q4_0, kinds, args.tokens, args.rounds, args.llama_server)

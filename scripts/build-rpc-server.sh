@@ -10,16 +10,14 @@ cd "$(dirname "$0")/.."
 OUT=${1:-$HOME/.cache/model-workbench/rpc-server}
 PKG=$(grep '^llama-cpp-python==' requirements.txt)
 mkdir -p "$OUT"
-if [ -x "$OUT/bin/rpc-server" ] && [ "$(cat "$OUT/.version" 2>/dev/null)" = "$PKG ${CMAKE_ARGS:-}" ]; then
+STAMP="$PKG ${CMAKE_ARGS:-} $(cat scripts/llama-cpp-source.sh scripts/llama-cpp-patches/*.patch | sha256sum | cut -c1-16)"
+if [ -x "$OUT/bin/rpc-server" ] && [ "$(cat "$OUT/.version" 2>/dev/null)" = "$STAMP" ]; then
   echo "$OUT/bin/rpc-server"; exit 0
 fi
 command -v cmake >/dev/null || { echo "error: cmake is needed (pip install cmake, or your package manager)" >&2; exit 1; }
-PY=$( [ -x .venv/bin/python ] && echo .venv/bin/python || command -v python3 )
-echo "[rpc-server] fetching the $PKG sources" >&2
-rm -rf "$OUT/src" && mkdir -p "$OUT/src"
-"$PY" -m pip download -q --no-deps --no-binary :all: "$PKG" -d "$OUT/src" 2>&1 | grep -v WARNING >&2 || true
-tar -xzf "$OUT"/src/llama_cpp_python-*.tar.gz -C "$OUT/src"
-SRC=$(ls -d "$OUT"/src/llama_cpp_python-*/vendor/llama.cpp)
+echo "[rpc-server] fetching the $PKG sources and applying our patches (scripts/llama-cpp-patches)" >&2
+rm -rf "$OUT/src"
+SRC=$(scripts/llama-cpp-source.sh "$OUT/src")/vendor/llama.cpp
 echo "[rpc-server] configuring and building (several minutes on 2 cores)" >&2
 # shellcheck disable=SC2086
 cmake -S "$SRC" -B "$OUT/build" -DCMAKE_BUILD_TYPE=Release -DGGML_RPC=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
@@ -31,6 +29,6 @@ mkdir -p "$OUT/bin"
 cp "$OUT/build/bin/$target" "$OUT/bin/rpc-server" \
   || { echo "error: the build made no $target; see the cmake output above" >&2; exit 1; }
 cp -P "$OUT"/build/bin/*.so* "$OUT/bin/" 2>/dev/null || true
-echo "$PKG ${CMAKE_ARGS:-}" > "$OUT/.version"
+echo "$STAMP" > "$OUT/.version"
 rm -rf "$OUT/src"
 echo "$OUT/bin/rpc-server"

@@ -20,25 +20,44 @@ fi
 want=$(cat requirements.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
 have=$(cat .venv/.requirements.sha256 2>/dev/null || true)
 if [ "$want" != "$have" ]; then
-  say "installing pinned packages (llama-cpp-python compiles from source the first time: several minutes on 2 cores)"
-  # llama.cpp is built with its RPC backend (a model split across hosts, see README) and, where an
-  # NVIDIA GPU is, with CUDA.
-  lcp_args="-DGGML_RPC=on"
-  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then lcp_args="$lcp_args -DGGML_CUDA=on"; fi
-  CMAKE_ARGS="${CMAKE_ARGS:-} $lcp_args" .venv/bin/python -m pip install --progress-bar off -r requirements.txt 2>&1 \
-    | grep -E "^(Collecting|Building|Successfully|ERROR|error)" || true
-  .venv/bin/python -c "import llama_cpp, torch, transformers, gptqmodel, gradio" >/dev/null 2>&1 \
+  say "installing pinned packages"
+  reqs=$(mktemp)
+  grep -v '^llama-cpp-python==' requirements.txt > "$reqs"  # compiled below, with our patches
+  .venv/bin/python -m pip install --progress-bar off -r "$reqs" 2>&1 \
+    | grep -E "^(Collecting|Successfully|ERROR|error)" || true
+  rm -f "$reqs"
+  .venv/bin/python -c "import torch, transformers, gptqmodel, gradio" >/dev/null 2>&1 \
     || { echo "[setup] package install failed; see the pip output above" >&2; exit 1; }
-  if ! .venv/bin/python -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_rpc() else 1)" 2>/dev/null \
-      || { [[ $lcp_args == *CUDA* ]] && ! ls .venv/lib/python*/site-packages/llama_cpp/lib/libggml-cuda.so* >/dev/null 2>&1; }; then
-    say "rebuilding llama-cpp-python with $lcp_args (several minutes)"
-    CMAKE_ARGS="${CMAKE_ARGS:-} $lcp_args" FORCE_CMAKE=1 .venv/bin/python -m pip install --progress-bar off \
-      --no-cache-dir --force-reinstall --no-deps "$(grep '^llama-cpp-python==' requirements.txt)" 2>&1 \
-      | grep -E "^(Building|Successfully|ERROR|error)" || true
-  fi
   echo "$want" > .venv/.requirements.sha256
 else
   say "packages already installed"
+fi
+
+# llama-cpp-python compiles from its source package with our llama.cpp patches
+# (scripts/llama-cpp-patches), with the RPC backend (a model split across hosts, see README) and,
+# where an NVIDIA GPU is, with CUDA. Recompiled only when one of those changes.
+LCP_PKG=$(grep '^llama-cpp-python==' requirements.txt)
+lcp_args="-DGGML_RPC=on"
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then lcp_args="$lcp_args -DGGML_CUDA=on"; fi
+lcp_want=$(echo "$LCP_PKG ${CMAKE_ARGS:-} $lcp_args" | cat - scripts/llama-cpp-source.sh scripts/llama-cpp-patches/*.patch \
+  | sha256sum | cut -d' ' -f1)
+if [ "$lcp_want" = "$(cat .venv/.llama-cpp.sha256 2>/dev/null || true)" ] && .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
+  say "$LCP_PKG already compiled with our patches"
+else
+  say "compiling $LCP_PKG with $lcp_args and our $(ls scripts/llama-cpp-patches/*.patch | wc -l) patch(es) (several minutes on 2 cores)"
+  lcp_tmp=$(mktemp -d)
+  lcp_root=$(scripts/llama-cpp-source.sh "$lcp_tmp")
+  CMAKE_ARGS="${CMAKE_ARGS:-} $lcp_args" .venv/bin/python -m pip install --progress-bar off --no-cache-dir \
+    --force-reinstall --no-deps "$lcp_root" 2>&1 | grep -E "^(Building|Successfully|ERROR|error)" || true
+  rm -rf "$lcp_tmp"
+  .venv/bin/python -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_rpc() else 1)" 2>/dev/null \
+    || { echo "[setup] llama-cpp-python did not build with its RPC backend; see the pip output above" >&2; exit 1; }
+  if [[ $lcp_args == *CUDA* ]] && ! ls .venv/lib/python*/site-packages/llama_cpp/lib/libggml-cuda.so* >/dev/null 2>&1; then
+    echo "[setup] llama-cpp-python built without CUDA although nvidia-smi sees a GPU; see the pip output above" >&2
+    exit 1
+  fi
+  (cd scripts/llama-cpp-patches && sha256sum ./*.patch) > .venv/.llama-cpp-patches
+  echo "$lcp_want" > .venv/.llama-cpp.sha256
 fi
 
 # The browser tests (tests/e2e) drive Debian's chromium through Playwright; Playwright's own
@@ -65,7 +84,6 @@ else
 fi
 
 CONVERTER=.venv/share/llama.cpp-convert
-LCP_PKG=$(grep '^llama-cpp-python==' requirements.txt)
 if [ -f "$CONVERTER/convert_hf_to_gguf.py" ] && [ "$(cat "$CONVERTER/.version" 2>/dev/null)" = "$LCP_PKG" ]; then
   say "GGUF converter present ($CONVERTER)"
 else
