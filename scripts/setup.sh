@@ -47,11 +47,15 @@ else
   say "compiling $LCP_PKG with $lcp_args and our $(ls scripts/llama-cpp-patches/*.patch | wc -l) patch(es) (several minutes on 2 cores)"
   lcp_tmp=$(mktemp -d)
   lcp_root=$(scripts/llama-cpp-source.sh "$lcp_tmp")
+  # uninstalled first rather than --force-reinstall, which would reinstall its dependencies too
+  .venv/bin/python -m pip uninstall -q -y llama-cpp-python >/dev/null 2>&1 || true
   CMAKE_ARGS="${CMAKE_ARGS:-} $lcp_args" .venv/bin/python -m pip install --progress-bar off --no-cache-dir \
-    --force-reinstall --no-deps "$lcp_root" 2>&1 | grep -E "^(Building|Successfully|ERROR|error)" || true
+    "$lcp_root" 2>&1 | grep -E "^(Building|Successfully|ERROR|error)" || true
   rm -rf "$lcp_tmp"
-  .venv/bin/python -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_rpc() else 1)" 2>/dev/null \
-    || { echo "[setup] llama-cpp-python did not build with its RPC backend; see the pip output above" >&2; exit 1; }
+  .venv/bin/python -c "import llama_cpp" \
+    || { echo "[setup] llama-cpp-python did not install; see the pip output above" >&2; exit 1; }
+  .venv/bin/python -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_rpc() else 1)" \
+    || { echo "[setup] llama-cpp-python was built without its RPC backend; see the pip output above" >&2; exit 1; }
   if [[ $lcp_args == *CUDA* ]] && ! ls .venv/lib/python*/site-packages/llama_cpp/lib/libggml-cuda.so* >/dev/null 2>&1; then
     echo "[setup] llama-cpp-python built without CUDA although nvidia-smi sees a GPU; see the pip output above" >&2
     exit 1
