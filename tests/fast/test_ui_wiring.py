@@ -7,6 +7,10 @@ the proof with a real engine.
 
 from __future__ import annotations
 
+import signal
+import time
+
+import httpx
 import pytest
 from gradio_client import Client
 
@@ -28,6 +32,26 @@ def client(tmp_path_factory):
                    "WORKBENCH_TRAINING_RUNNER": "workbench.training.fake_runner", "WORKBENCH_FAKE_STEP_S": "0.02"})
     yield Client(app.url, verbose=False)
     app.stop()
+
+
+@pytest.mark.slow  # an app of its own: six seconds
+def test_ctrl_c_ends_the_app_while_a_tab_holds_its_stream_open(tmp_path):
+    """A browser tab keeps a stream open (its heartbeat). uvicorn waits for open connections without
+    limit and Gradio gave up on it after 5 s, so with one tab open Ctrl+C took 5.6 s; open streams
+    now get one second."""
+    root = scratch(tmp_path)
+    write_fake_model(root / "models", reply="Echo: {last_user}")
+    app = App("--model", "fake.json", root=str(root), env={"WORKBENCH_BACKENDS": "workbench.backends.fake_backend:SPEC"})
+    try:
+        deadline = time.time() + 30  # launch() is done once it has printed its last line
+        while not any("To create a public link" in line for line in app.output) and time.time() < deadline:
+            time.sleep(0.05)
+        with httpx.stream("GET", app.url + "gradio_api/heartbeat/a-tab", timeout=30) as tab:
+            assert tab.status_code == 200
+            app.proc.send_signal(signal.SIGINT)
+            assert app.proc.wait(4) == 0
+    finally:
+        app.stop()
 
 
 def test_chat_replies_and_saves_through_the_tab(client):
