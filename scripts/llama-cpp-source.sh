@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 DIR=$1
 PKG=$(grep '^llama-cpp-python==' requirements.txt)
 PY=$( [ -x .venv/bin/python ] && echo .venv/bin/python || command -v python3 )
+command -v patch >/dev/null \
+  || { echo "error: the 'patch' program is needed to apply scripts/llama-cpp-patches (apt install patch)" >&2; exit 1; }
 mkdir -p "$DIR"
 "$PY" -m pip download -q --no-deps --no-binary :all: "$PKG" -d "$DIR" 2>&1 | grep -v WARNING >&2 || true
 ls "$DIR"/llama_cpp_python-*.tar.gz >/dev/null 2>&1 \

@@ -1,7 +1,7 @@
 """The llama.cpp the workbench compiles (scripts/llama-cpp-patches): installed, and exact.
 
-Our batched Q4_1 matrix product must give, bit for bit, what llama.cpp's one-column dot product
-gives: a sequence's logits may not depend on whether others share its batch. One column (a
+Our batched Q4_1 and Q8_0 matrix products (the sample's layers and its output layer) must give,
+bit for bit, what llama.cpp's one-column dot products give: a sequence's logits may not depend on whether others share its batch. One column (a
 sequence decoded alone) goes through llama.cpp's dot product, several through ours, so equal
 logits mean equal arithmetic. Driven through llama-cpp-python's low-level API, as the batch
 engine drives it.
